@@ -1,0 +1,70 @@
+"""Bit-width settings, their parsing, and seeded sampling: the schema clients and strategies share.
+
+A *setting* is a (weight_bits, act_bits) pair, ``None`` meaning float. It is written ``"fp"``,
+``"w4a4"``, ``"w4a8"``, or as a bare integer ``b`` meaning ``wbab``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from .quant.config import MAX_BITS, MIN_BITS, check_bits
+
+Setting = tuple[int | None, int | None]
+FLOAT: Setting = (None, None)
+SAMPLING_MODES = ("per_step", "per_round", "fixed")
+_PATTERN = re.compile(r"w(\d+)a(\d+)")
+
+
+def parse_setting(value: object, what: str = "setting") -> Setting:
+    """``"fp"`` -> (None, None); ``"w4a8"`` -> (4, 8); ``4`` or ``"4"`` -> (4, 4)."""
+    text = str(value).strip().lower()
+    if text in ("fp", "float", "none", "fp32"):
+        return FLOAT
+    if text.isdigit():
+        b = check_bits(int(text), what, allow_none=False)
+        return b, b
+    match = _PATTERN.fullmatch(text)
+    if not match:
+        raise ValueError(f"{what}={value!r} is not valid: allowed is 'fp', 'wXaY' (e.g. w4a4, w4a8) "
+                         f"or an integer bit-width, with bits in {MIN_BITS}..{MAX_BITS}")
+    return (check_bits(int(match[1]), what, allow_none=False), check_bits(int(match[2]), what, allow_none=False))
+
+
+def setting_name(setting: Setting) -> str:
+    w, a = setting
+    if w is None and a is None:
+        return "fp"
+    return f"w{w if w is not None else 'fp'}a{a if a is not None else 'fp'}"
+
+
+def parse_settings(values: object, what: str) -> list[Setting]:
+    """A non-empty list of settings without duplicates, in the given order."""
+    if isinstance(values, (str, int)):
+        values = [values]
+    out = []
+    for i, v in enumerate(values):
+        s = parse_setting(v, f"{what}[{i}]")
+        if s not in out:
+            out.append(s)
+    if not out:
+        raise ValueError(f"{what} is empty: allowed is a list of settings like [fp, w8a8, w4a4]")
+    return out
+
+
+def encode(settings: list[Setting]) -> list[str]:
+    """Settings as the strings that travel in Flower ConfigRecords."""
+    return [setting_name(s) for s in settings]
+
+
+class BitSampler:
+    """Draws settings uniformly from a set with its own seeded generator (reproducible anywhere)."""
+
+    def __init__(self, settings: list[Setting], seed: int | list[int]) -> None:
+        self.settings = settings
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self) -> Setting:
+        return self.settings[int(self.rng.integers(len(self.settings)))]

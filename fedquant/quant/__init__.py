@@ -1,0 +1,27 @@
+"""Fake quantization for quantization-robust training (plain PyTorch; no flwr/ray/hydra)."""
+
+from .calibration import calibrate, reestimate_batchnorm
+from .config import QuantConfig, check_bits
+from .modules import (
+    QuantConv2d,
+    QuantLinear,
+    get_bitwidth,
+    quant_layers,
+    quantize_model,
+    set_bitwidth,
+)
+from .quantizers import (
+    ActivationQuantizer,
+    WeightQuantizer,
+    act_grid,
+    asymmetric_qparams,
+    weight_grid,
+)
+from .regularizers import gradient_l1_loss, kurtosis, kurtosis_loss
+
+__all__ = [
+    "ActivationQuantizer", "QuantConfig", "QuantConv2d", "QuantLinear", "WeightQuantizer",
+    "act_grid", "asymmetric_qparams", "calibrate", "check_bits", "get_bitwidth",
+    "gradient_l1_loss", "kurtosis", "kurtosis_loss", "quant_layers", "quantize_model",
+    "reestimate_batchnorm", "set_bitwidth", "weight_grid",
+]

@@ -1,0 +1,165 @@
+"""Fake quantizers: one fused torch op per call in the hot path, no host syncs.
+
+Math (arXiv 2106.08295): ``q = clamp(round(x / s) + z, qmin, qmax)``, ``x_hat = (q - z) * s``.
+Gradients use the straight-through estimator with the clipping mask: ``dL/dx = dL/dx_hat`` where
+``qmin <= round(x / s) + z <= qmax`` and 0 elsewhere (torch's fused fake-quant backward).
+
+The shared, aggregatable state is the *range* (``clip`` for weights, ``min_val``/``max_val`` for
+activations); the scale for the current bit-width is derived from it on every call, so a range
+learned at one bit-width serves all the others.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import GRANULARITIES, check_bits, check_choice
+
+EPS = 1e-8
+
+
+def weight_grid(bits: int, narrow_range: bool) -> tuple[int, int]:
+    """Signed integer grid for symmetric weights: full or narrow (see QuantConfig)."""
+    half = 2 ** (bits - 1)
+    return (-(half - 1) if narrow_range else -half), half - 1
+
+
+def act_grid(bits: int) -> tuple[int, int]:
+    """Unsigned integer grid for asymmetric activations: ``[0, 2^b - 1]``."""
+    return 0, 2**bits - 1
+
+
+def symmetric_scale(absmax: torch.Tensor, bits: int) -> torch.Tensor:
+    """``s = max|w| / (2^(b-1) - 1)``: the largest magnitude maps onto the top grid point."""
+    return absmax.clamp_min(EPS) / (2 ** (bits - 1) - 1)
+
+
+def asymmetric_qparams(lo: torch.Tensor, hi: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and integer zero-point for the range ``[min(lo, 0), max(hi, 0)]`` on ``[0, 2^b - 1]``.
+
+    The range is widened to contain 0 and the zero-point is rounded, so 0 is exactly representable.
+    """
+    qmax = 2**bits - 1
+    lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
+    scale = (hi - lo).clamp_min(EPS) / qmax
+    zero_point = torch.round(-lo / scale).clamp(0, qmax)
+    return scale, zero_point
+
+
+class WeightQuantizer(nn.Module):
+    """Symmetric signed weight quantizer, per output channel (axis 0) or per tensor.
+
+    The range is ``clip * max|w|`` taken from the current weights on every call (cheap: one
+    reduction over the weight), so it follows training without state. ``clip`` (in (0, 1]) is
+    set by MSE calibration; with ``learned=True`` the range itself is a parameter trained with
+    the LSQ gradient (Esser et al. 2020) and ``clip`` is unused.
+    """
+
+    def __init__(self, weight: torch.Tensor, granularity: str = "per_channel",
+                 narrow_range: bool = True, learned: bool = False) -> None:
+        super().__init__()
+        self.granularity = check_choice(granularity, GRANULARITIES, "weight_granularity")
+        self.narrow_range = narrow_range
+        self.learned = learned
+        self.bits: int | None = None
+        channels = weight.shape[0] if granularity == "per_channel" else 1
+        self.register_buffer("clip", torch.ones(channels))
+        self.register_buffer("_zero_point", torch.zeros(channels, dtype=torch.int32), persistent=False)
+        if learned:
+            self.range = nn.Parameter(self._absmax(weight.detach()).clone())
+
+    def _absmax(self, w: torch.Tensor) -> torch.Tensor:
+        if self.granularity == "per_tensor":
+            return w.abs().amax().reshape(1)
+        return w.abs().amax(dim=tuple(range(1, w.dim())))
+
+    def set_bits(self, bits: int | None) -> None:
+        self.bits = check_bits(bits, "weight_bits")
+
+    def scale(self, w: torch.Tensor) -> torch.Tensor:
+        """Scale for the current bit-width (per channel, or shape [1])."""
+        absmax = self.range.abs() if self.learned else self._absmax(w.detach()) * self.clip
+        return symmetric_scale(absmax, self.bits)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if self.bits is None:
+            return w
+        qmin, qmax = weight_grid(self.bits, self.narrow_range)
+        scale = self.scale(w)
+        if self.learned:
+            grad_factor = 1.0 / math.sqrt(w[0].numel() * qmax)
+            zero = self._zero_point.float()
+            if self.granularity == "per_tensor":
+                return torch._fake_quantize_learnable_per_tensor_affine(w, scale, zero, qmin, qmax, grad_factor)
+            return torch._fake_quantize_learnable_per_channel_affine(w, scale, zero, 0, qmin, qmax, grad_factor)
+        if self.granularity == "per_tensor":
+            return torch.fake_quantize_per_tensor_affine(w, scale, self._zero_point, qmin, qmax)
+        return torch.fake_quantize_per_channel_affine(w, scale, self._zero_point, 0, qmin, qmax)
+
+
+class ActivationQuantizer(nn.Module):
+    """Asymmetric unsigned per-tensor activation quantizer with a tracked range.
+
+    Training: the range follows batch min/max with momentum ``m``: ``r <- r + m (r_batch - r)``
+    (the first batch initialises it). ``tracking="running"`` quantizes batch t with the range
+    updated by batch t; ``"hindsight"`` quantizes it with the range estimated up to batch t-1
+    (in-hindsight range estimation, Fournarakis & Nagel 2021). Evaluation: the range is frozen
+    (set it with :func:`fedquant.quant.calibrate`). A range with ``max <= min`` counts as not yet
+    observed; this encoding averages cleanly across federated clients (no flags, no infinities).
+    ``learned=True`` makes ``min_val``/``max_val`` parameters trained with the LSQ gradient.
+    """
+
+    def __init__(self, tracking: str = "running", momentum: float = 0.1, learned: bool = False) -> None:
+        super().__init__()
+        self.tracking = tracking
+        self.momentum = momentum
+        self.learned = learned
+        self.bits: int | None = None
+        self.observer = None  # set by calibrate(): a callable fed every input while observing
+        if learned:
+            self.min_val = nn.Parameter(torch.zeros(()))
+            self.max_val = nn.Parameter(torch.zeros(()))
+        else:
+            self.register_buffer("min_val", torch.zeros(()))
+            self.register_buffer("max_val", torch.zeros(()))
+
+    def set_bits(self, bits: int | None) -> None:
+        self.bits = check_bits(bits, "act_bits")
+
+    @torch.no_grad()
+    def _track(self, x: torch.Tensor, momentum: float) -> None:
+        """``r <- r + momentum (r_batch - r)``, or ``r <- r_batch`` while no range was observed."""
+        lo, hi = torch.aminmax(x.detach())
+        seen = self.max_val > self.min_val
+        m = momentum
+        self.min_val.copy_(torch.where(seen, self.min_val + m * (lo - self.min_val), lo))
+        self.max_val.copy_(torch.where(seen, self.max_val + m * (hi - self.max_val), hi))
+
+    def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return asymmetric_qparams(self.min_val, self.max_val, self.bits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observer is not None:
+            self.observer(x)
+            return x
+        if self.bits is None:
+            return x
+        if self.training:
+            # running: update, then quantize; hindsight and learned: only initialise an unseen
+            # range here (momentum 0), quantize with the range from earlier batches.
+            running = self.tracking == "running" and not self.learned
+            self._track(x, self.momentum if running else 0.0)
+        _, qmax = act_grid(self.bits)
+        scale, zero_point = self.qparams()
+        if self.learned:
+            out = torch._fake_quantize_learnable_per_tensor_affine(
+                x, scale.reshape(1), zero_point.detach().reshape(1), 0, qmax,
+                1.0 / math.sqrt(x[0].numel() * qmax))
+        else:
+            out = torch.fake_quantize_per_tensor_affine(x, scale, zero_point.to(torch.int32), 0, qmax)
+        if self.training and self.tracking == "hindsight" and not self.learned:
+            self._track(x, self.momentum)
+        return out

@@ -1,0 +1,102 @@
+"""Local (quantization-aware) training of one model on one data partition.
+
+Used by the Flower ClientApp and by benchmarks; plain PyTorch. The hot loop has no host syncs:
+the loss is accumulated on the device and read once at the end.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .bitwidths import Setting, setting_name
+from .data import Dataset
+from .quant import gradient_l1_loss, kurtosis_loss, set_bitwidth
+
+REGULARIZERS = ("none", "kure", "gradl1")
+
+
+@dataclass
+class TrainConfig:
+    """Local optimisation: SGD with momentum, optional regulariser and FedProx proximal term."""
+
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    regularizer: str = "none"
+    reg_weight: float = 0.0
+    proximal_mu: float = 0.0
+
+
+@dataclass
+class TrainResult:
+    num_examples: int
+    loss: float  # mean task loss (cross-entropy) over all local steps
+    steps: int
+    bits_used: Counter  # setting name -> number of steps trained at it
+
+
+def train_local(model: nn.Module, data: Dataset, indices: torch.Tensor, cfg: TrainConfig,
+                next_setting: Callable[[], Setting], seed: int,
+                device: torch.device | str = "cpu") -> TrainResult:
+    """Train ``model`` in place on ``data.train_x[indices]``.
+
+    ``next_setting`` is called before every step to get the (weight, act) bits of that step
+    (return ``FLOAT`` for plain float training, a constant for fixed-bit QAT). ``seed`` fixes
+    the batch order. The regulariser adds ``reg_weight * R``: KURE ``R = mean_l (K_l - 1.8)^2``,
+    gradient-L1 ``R = ||dCE/dW||_1``; FedProx adds ``mu/2 ||w - w_global||^2``.
+    """
+    x_all, y_all = data.train_x[indices], data.train_y[indices]
+    n = len(indices)
+    model.to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    anchor = [p.detach().clone() for p in model.parameters()] if cfg.proximal_mu > 0 else None
+    gen = torch.Generator().manual_seed(seed)
+    bits_used: Counter = Counter()
+    loss_sum = torch.zeros((), device=device)
+    steps = 0
+    for _ in range(cfg.epochs):
+        for batch in torch.randperm(n, generator=gen).split(cfg.batch_size):
+            setting = next_setting()
+            set_bitwidth(model, *setting)
+            bits_used[setting_name(setting)] += 1
+            xb = data.normalize(x_all[batch].to(device, non_blocking=True))
+            yb = y_all[batch].to(device, non_blocking=True)
+            task = F.cross_entropy(model(xb), yb)
+            loss = task
+            if cfg.regularizer == "kure" and cfg.reg_weight:
+                loss = loss + cfg.reg_weight * kurtosis_loss(model)
+            elif cfg.regularizer == "gradl1" and cfg.reg_weight:
+                loss = loss + cfg.reg_weight * gradient_l1_loss(task, model)
+            if anchor is not None:
+                prox = sum((p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
+                loss = loss + 0.5 * cfg.proximal_mu * prox
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += task.detach()
+            steps += 1
+    return TrainResult(n, float(loss_sum) / max(steps, 1), steps, bits_used)
+
+
+@torch.inference_mode()
+def accuracy(model: nn.Module, data: Dataset, x: torch.Tensor, y: torch.Tensor,
+             batch_size: int = 1024, device: torch.device | str = "cpu") -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of ``model`` in eval mode on uint8 images ``x``."""
+    model.to(device).eval()
+    correct = torch.zeros((), device=device)
+    loss = torch.zeros((), device=device, dtype=torch.float64)
+    for i in range(0, len(x), batch_size):
+        xb = data.normalize(x[i:i + batch_size].to(device))
+        yb = y[i:i + batch_size].to(device)
+        out = model(xb)
+        loss += F.cross_entropy(out, yb, reduction="sum").double()
+        correct += (out.argmax(1) == yb).sum()
+    return float(correct) / len(x), float(loss) / len(x)

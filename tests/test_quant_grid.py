@@ -1,0 +1,113 @@
+"""Exact quantization grids: literal hand-computed values and the numpy formula, per bit-width."""
+
+import numpy as np
+import pytest
+import torch
+
+from fedquant.quant import (
+    ActivationQuantizer,
+    WeightQuantizer,
+    act_grid,
+    asymmetric_qparams,
+    weight_grid,
+)
+
+BITS = [2, 3, 4, 6, 8]
+
+
+def weight_quantizer(w, bits, granularity="per_channel", narrow=True):
+    wq = WeightQuantizer(w, granularity, narrow)
+    wq.set_bits(bits)
+    return wq
+
+
+def test_weight_grid_literal_values():
+    w = torch.tensor([[0.9, -0.3, 0.31, -0.05]])
+    # 3 bits narrow: s = 0.9 / 3 = 0.3, q = [3, -1, 1, 0]
+    assert torch.allclose(weight_quantizer(w, 3)(w), torch.tensor([[0.9, -0.3, 0.3, 0.0]]), atol=1e-7)
+    # 2 bits: s = 0.9, q = [1, 0, 0, 0]
+    assert torch.allclose(weight_quantizer(w, 2)(w), torch.tensor([[0.9, 0.0, 0.0, 0.0]]), atol=1e-7)
+
+
+@pytest.mark.parametrize("narrow, expected", [(True, [-0.45, 0.45, 0.0]), (False, [-0.9, 0.45, 0.0])])
+def test_full_vs_narrow_grid_at_2_bits(narrow, expected):
+    assert weight_grid(2, narrow) == ((-1, 1) if narrow else (-2, 1))
+    w = torch.tensor([[-0.9, 0.9, 0.2]])
+    wq = weight_quantizer(w, 2, narrow=narrow)
+    wq.clip.fill_(0.5)  # range 0.45 -> s = 0.45; -0.9 / s = -2 exists only on the full grid
+    assert torch.allclose(wq(w), torch.tensor([expected]), atol=1e-7)
+
+
+def test_activation_grid_literal_values():
+    # range [-1, 3] at 2 bits: s = 4/3, z = round(0.75) = 1, grid (q - 1) * 4/3
+    scale, zp = asymmetric_qparams(torch.tensor(-1.0), torch.tensor(3.0), 2)
+    assert scale.item() == pytest.approx(4 / 3) and zp.item() == 1
+    aq = ActivationQuantizer().eval()
+    aq.min_val.fill_(-1.0)
+    aq.max_val.fill_(3.0)
+    aq.set_bits(2)
+    out = aq(torch.tensor([-1.0, 0.5, 0.7, 3.0, 9.0]))
+    assert torch.allclose(out, torch.tensor([-4 / 3, 0.0, 4 / 3, 8 / 3, 8 / 3]), atol=1e-6)
+
+
+def numpy_weight_fq(w, bits, narrow, per_channel):
+    axes = tuple(range(1, w.ndim)) if per_channel else None
+    absmax = np.abs(w).max(axis=axes, keepdims=True)
+    s = (np.maximum(absmax, 1e-8) / (2 ** (bits - 1) - 1)).astype(np.float32)
+    qmin, qmax = weight_grid(bits, narrow)
+    return (np.clip(np.rint(w / s), qmin, qmax) * s).astype(np.float32), s
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("granularity", ["per_channel", "per_tensor"])
+@pytest.mark.parametrize("narrow", [True, False])
+def test_weight_fake_quant_matches_formula_and_torch_op(bits, granularity, narrow):
+    w = torch.randn(6, 3, 3, 3) * torch.linspace(0.1, 2, 6).reshape(6, 1, 1, 1)
+    ours = weight_quantizer(w, bits, granularity, narrow)(w)
+    expected, s = numpy_weight_fq(w.numpy(), bits, narrow, granularity == "per_channel")
+    np.testing.assert_allclose(ours.numpy(), expected, rtol=0, atol=1e-6)
+    qmin, qmax = weight_grid(bits, narrow)
+    scale = torch.from_numpy(s.reshape(-1))
+    if granularity == "per_channel":
+        ref = torch.fake_quantize_per_channel_affine(w, scale, torch.zeros(6, dtype=torch.int32), 0, qmin, qmax)
+    else:
+        ref = torch.fake_quantize_per_tensor_affine(w, scale, torch.zeros(1, dtype=torch.int32), qmin, qmax)
+    assert torch.equal(ours, ref)
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_activation_fake_quant_matches_formula_and_torch_op(bits):
+    x = torch.randn(4, 8, 5, 5) * 2 + 0.5
+    aq = ActivationQuantizer().eval()
+    aq.min_val.fill_(-1.5)
+    aq.max_val.fill_(4.0)
+    aq.set_bits(bits)
+    ours = aq(x)
+    qmax = act_grid(bits)[1]
+    s = np.float32(5.5 / qmax)
+    z = np.rint(1.5 / s)
+    expected = (np.clip(np.rint(x.numpy() / s) + z, 0, qmax) - z) * s
+    np.testing.assert_allclose(ours.numpy(), expected, rtol=0, atol=1e-5)
+    ref = torch.fake_quantize_per_tensor_affine(x, float(s), int(z), 0, qmax)
+    assert torch.equal(ours, ref)
+
+
+def test_straight_through_gradient_is_clipping_mask():
+    aq = ActivationQuantizer().eval()
+    aq.min_val.fill_(0.0)
+    aq.max_val.fill_(1.0)
+    aq.set_bits(4)
+    x = torch.linspace(-0.5, 1.5, 101, requires_grad=True)
+    upstream = torch.randn(101)
+    aq(x).backward(upstream)
+    s = 1.0 / 15
+    q = torch.round(x.detach() / s)
+    mask = ((q >= 0) & (q <= 15)).float()
+    assert torch.equal(x.grad, upstream * mask)
+    assert mask.sum() < 101 and mask.sum() > 50  # both regions are exercised
+
+    w = torch.randn(4, 6, requires_grad=True)
+    wq = weight_quantizer(w, 3)
+    g = torch.randn(4, 6)
+    wq(w).backward(g)
+    assert torch.equal(w.grad, g)  # range = max|w| per channel: nothing is clipped
