@@ -34,7 +34,7 @@ def test_full_vs_narrow_grid_at_2_bits(narrow, expected):
     assert weight_grid(2, narrow) == ((-1, 1) if narrow else (-2, 1))
     w = torch.tensor([[-0.9, 0.9, 0.2]])
     wq = weight_quantizer(w, 2, narrow=narrow)
-    wq.clip.fill_(0.5)  # range 0.45 -> s = 0.45; -0.9 / s = -2 exists only on the full grid
+    wq.set_clip(torch.full_like(wq.clip, 0.5))  # range 0.45 -> s = 0.45; -0.9 / s = -2 exists only on the full grid
     assert torch.allclose(wq(w), torch.tensor([expected]), atol=1e-7)
 
 
@@ -111,3 +111,17 @@ def test_straight_through_gradient_is_clipping_mask():
     g = torch.randn(4, 6)
     wq(w).backward(g)
     assert torch.equal(w.grad, g)  # range = max|w| per channel: nothing is clipped
+
+
+def test_clipped_weights_get_masked_gradient_also_after_loading():
+    w = torch.tensor([[-0.9, 0.9, 0.2, 0.1]], requires_grad=True)
+    wq = weight_quantizer(w, 4)
+    wq.set_clip(torch.full_like(wq.clip, 0.5))  # range 0.45: -0.9 and 0.9 are clipped
+    wq(w).backward(torch.ones(1, 4))
+    assert w.grad.tolist() == [[0.0, 0.0, 1.0, 1.0]]
+    fresh = weight_quantizer(w, 4)
+    fresh.load_state_dict(wq.state_dict())
+    assert fresh.clipped
+    w.grad = None
+    fresh(w).backward(torch.ones(1, 4))
+    assert w.grad.tolist() == [[0.0, 0.0, 1.0, 1.0]]

@@ -90,7 +90,7 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], estimator: str 
     for layer in layers:
         wq = layer.weight_quantizer
         if wq.bits is not None and not wq.learned:
-            wq.clip.copy_(_mse_weight_clip(layer) if estimator == "mse" else torch.ones_like(wq.clip))
+            wq.set_clip(_mse_weight_clip(layer) if estimator == "mse" else torch.ones_like(wq.clip))
         layer.input_quantizer.observer = _RangeObserver(keep_sample=estimator == "mse")
     try:
         seen = 0

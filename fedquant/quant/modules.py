@@ -70,6 +70,8 @@ def quantize_model(model: nn.Module, config: QuantConfig | None = None) -> nn.Mo
     set to ``config.weight_bits``/``config.act_bits``.
     """
     config = config or QuantConfig()
+    if any(True for _ in quant_layers(model)):
+        raise ValueError("model is already quantized: quantize the float model once, then switch bit-widths with set_bitwidth")
     layers = [m for m in model.modules() if type(m) in _QUANT_CLASS]
     if not layers:
         kinds = ", ".join(cls.__name__ for cls in _QUANT_CLASS)

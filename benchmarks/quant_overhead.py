@@ -1,0 +1,67 @@
+"""QAT step time vs float step time for the Fashion-MNIST CNN, measured side by side.
+
+Float and W4A4 QAT steps are timed in alternating blocks in one process (one thread), so machine
+noise hits both equally; the ratio of medians is printed per batch size.
+
+    python benchmarks/quant_overhead.py [--steps 200] [--batch-sizes 32 128] [--dataset fmnist]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from fedquant.data import load_dataset
+from fedquant.models import build_model
+from fedquant.quant import QuantConfig, quantize_model
+
+
+def step_times(model, data, batch_size: int, steps: int, blocks: int) -> list[float]:
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    gen = torch.Generator().manual_seed(0)
+    per_block = []
+    for _ in range(blocks):
+        idx = torch.randint(len(data.train_y), (steps, batch_size), generator=gen)
+        t = time.perf_counter()
+        for b in idx:
+            loss = F.cross_entropy(model(data.normalize(data.train_x[b])), data.train_y[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        per_block.append((time.perf_counter() - t) / steps)
+    return per_block
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="fmnist")
+    parser.add_argument("--model", default="cnn")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128])
+    parser.add_argument("--steps", type=int, default=50, help="steps per timed block")
+    parser.add_argument("--rounds", type=int, default=6, help="alternating float/QAT blocks")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    data = load_dataset(args.dataset)
+    print(f"{args.model} on {args.dataset}, 1 thread, torch {torch.__version__}")
+    print(f"{'batch':>6} {'float ms/step':>14} {'W4A4 QAT ms/step':>17} {'ratio':>6}")
+    for bs in args.batch_sizes:
+        torch.manual_seed(0)
+        float_model = build_model(args.model, data)
+        fp = quantize_model(copy.deepcopy(float_model), QuantConfig(None, None))
+        qat = quantize_model(copy.deepcopy(float_model), QuantConfig(4, 4))
+        step_times(fp, data, bs, 5, 1), step_times(qat, data, bs, 5, 1)  # warm-up
+        t_fp, t_q = [], []
+        for _ in range(args.rounds):
+            t_fp += step_times(fp, data, bs, args.steps, 1)
+            t_q += step_times(qat, data, bs, args.steps, 1)
+        f, q = statistics.median(t_fp), statistics.median(t_q)
+        print(f"{bs:>6} {f * 1e3:>14.2f} {q * 1e3:>17.2f} {q / f:>6.3f}")
+
+
+if __name__ == "__main__":
+    main()
