@@ -1,0 +1,70 @@
+"""Flower ClientApp: local (quantization-aware) training at the bit-widths the server sends."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedquant import protocol as P
+from fedquant.bitwidths import BitSampler, parse_setting
+from fedquant.training import TrainConfig, train_local
+from fedquant.workspace import DataSpec, ModelSpec, build_quantized_model, federated_data, select_device
+
+
+@dataclass(frozen=True)
+class ClientSetup:
+    """Everything a worker needs to rebuild the experiment (picklable, hashable)."""
+
+    data: DataSpec
+    model: ModelSpec
+    threads: int = 1
+    device: str = "auto"
+
+
+@functools.lru_cache(maxsize=2)
+def _model(setup: ClientSetup) -> torch.nn.Module:
+    # One model object per worker process, re-loaded from the global arrays on every message.
+    torch.set_num_threads(setup.threads)
+    fed = federated_data(setup.data)
+    return build_quantized_model(setup.model, fed.data).to(select_device(setup.device))
+
+
+def train_config(cfg) -> TrainConfig:
+    """Local hyper-parameters from the (shared) training ConfigRecord."""
+    return TrainConfig(epochs=int(cfg["local-epochs"]), batch_size=int(cfg["batch-size"]), lr=float(cfg["lr"]),
+                       momentum=float(cfg["momentum"]), weight_decay=float(cfg["weight-decay"]),
+                       regularizer=str(cfg["regularizer"]), reg_weight=float(cfg["reg-weight"]),
+                       proximal_mu=float(cfg.get(P.PROXIMAL_MU, 0.0)))
+
+
+def handle_train(setup: ClientSetup, msg: Message) -> Message:
+    cfg = msg.content.config_records[P.CONFIG]
+    fed = federated_data(setup.data)
+    model = _model(setup)
+    device = next(model.parameters()).device
+    P.load_transport_state(model, msg.content.array_records[P.ARRAYS].to_torch_state_dict())
+    client, seed = int(cfg[P.PARTITION]), int(cfg[P.SEED])
+    settings = [parse_setting(s) for s in cfg[P.SETTINGS]]
+    fixed = settings[0]
+    next_setting = BitSampler(settings, [seed, 7]) if cfg[P.SAMPLING] == "per_step" else (lambda: fixed)
+    result = train_local(model, fed.data, fed.clients[client], train_config(cfg), next_setting, seed, device)
+    if not torch.isfinite(torch.tensor(result.loss)):
+        raise FloatingPointError(f"client {client}: training loss became {result.loss}")
+    state = {k: v.cpu() for k, v in P.transport_state(model).items()}
+    metrics = MetricRecord({P.NUM_EXAMPLES: result.num_examples, P.TRAIN_LOSS: result.loss,
+                            P.PARTITION: client, P.BITS_HIST: P.encode_bits(result.bits_used)})
+    return Message(RecordDict({P.ARRAYS: ArrayRecord(state), P.METRICS: metrics}), reply_to=msg)
+
+
+def make_client_app(setup: ClientSetup) -> ClientApp:
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:  # noqa: ARG001 - Flower's signature
+        return handle_train(setup, msg)
+
+    return app

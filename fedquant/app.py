@@ -1,0 +1,143 @@
+"""Composition root: config -> data, model, plan, strategy, ClientApp -> Flower simulation -> results.
+
+The only module (with ``__main__``) that knows Hydra's config objects and Flower's apps together.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from clients import ClientSetup, make_client_app
+from strategies import Profile, TrainingPlan, build_strategy
+
+from .bitwidths import parse_setting, parse_settings, setting_name
+from .evaluation import Evaluator
+from .protocol import transport_state
+from .simulation import run_flower_simulation
+from .tracking import ConsoleReporter
+from .validation import validate
+from .workspace import DataSpec, ModelSpec, build_quantized_model, federated_data, select_device
+
+
+def _partition_params(part: Mapping) -> tuple:
+    return tuple(sorted((k, v) for k, v in part.items() if k != "name"))
+
+
+def _train_config(client: Mapping) -> ConfigRecord:
+    return ConfigRecord({
+        "local-epochs": int(client["local_epochs"]), "batch-size": int(client["batch_size"]),
+        "lr": float(client["lr"]), "momentum": float(client["momentum"]),
+        "weight-decay": float(client["weight_decay"]), "regularizer": str(client["regularizer"]),
+        "reg-weight": float(client["reg_weight"]),
+    })
+
+
+def write_json(path: Path, obj: object) -> None:
+    """Write atomically: a temporary file beside ``path``, then rename."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def run_experiment(cfg: Mapping, output_dir: str | Path) -> dict:
+    """Run one federated experiment described by ``cfg`` (a plain mapping) and write results.json."""
+    validate(cfg)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    strat, ev, sim = cfg["strategy"], cfg["eval"], cfg["simulation"]
+    data_spec = DataSpec(cfg["dataset"]["name"], cfg["dataset"]["root"], cfg["partition"]["name"],
+                         _partition_params(cfg["partition"]), cfg["num_clients"], cfg["dataset"]["holdout"], cfg["seed"])
+    model_spec = ModelSpec(cfg["model"]["name"], tuple(sorted(cfg["model"]["options"].items())),
+                           tuple(sorted(cfg["quantization"].items())))
+    fed = federated_data(data_spec)  # DatasetError here: before Ray starts
+
+    profiles = [Profile(p["name"], float(p["share"]), tuple(p["bits"])) for p in strat["profiles"]]
+    plan = TrainingPlan(strat["name"], strat["sampling"], parse_settings(strat["bits"], "strategy.bits"),
+                        cfg["num_clients"], cfg["clients_per_round"], cfg["seed"], profiles)
+    settings = parse_settings(ev["settings"], "eval.settings")
+    settings += [s for p in profiles for s in p.settings if s not in settings]  # every profile's deployment
+    model = build_quantized_model(model_spec, fed.data)
+    evaluator = Evaluator(copy.deepcopy(model), fed.data, fed.holdout, settings, ev["estimator"],
+                          ev["reestimate_bn"], ev["batch_size"], select_device(sim["device"]))
+    strategy = build_strategy(strat["server"], plan, **strat["server_options"])
+    num_rounds = cfg["num_rounds"]
+    reporter = ConsoleReporter(num_rounds, quiet=cfg.get("quiet", False))
+    evals: dict[int, dict] = {}
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        report = strategy.reports.get(server_round)
+        loss = None
+        if report and report.clients:
+            n = sum(c.num_examples for c in report.clients)
+            loss = sum(c.loss * c.num_examples for c in report.clients) / n
+        accuracies = None
+        if server_round % ev["every"] == 0 or server_round == num_rounds:
+            evals[server_round] = evaluator(arrays.to_torch_state_dict())
+            accuracies = {k: v["accuracy"] for k, v in evals[server_round].items()}
+        reporter.round_done(server_round, loss, len(report.failures) if report else 0, accuracies)
+        if accuracies is None:
+            return None
+        return MetricRecord({f"{k}/{m}": v[m] for k, v in evals[server_round].items() for m in ("accuracy", "loss")})
+
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:  # noqa: ARG001 - Flower's signature
+        strategy.start(grid=grid, initial_arrays=ArrayRecord(transport_state(model)), num_rounds=num_rounds,
+                       train_config=_train_config(cfg["client"]), evaluate_fn=evaluate_fn)
+
+    client_app = make_client_app(ClientSetup(data_spec, model_spec, threads=max(1, int(sim["num_cpus_per_client"])),
+                                             device=sim["device"]))
+    start = time.perf_counter()
+    run_flower_simulation(server_app, client_app, cfg["clients_per_round"],
+                          num_cpus_per_client=sim["num_cpus_per_client"],
+                          num_gpus_per_client=sim["num_gpus_per_client"],
+                          ray_address=sim["ray_address"], verbose=sim["verbose"])
+    wall_time = time.perf_counter() - start
+
+    results = assemble_results(cfg, strategy.reports, evals, profiles, evaluator.model_bytes(), wall_time)
+    results["partition"] = {"sizes": [len(c) for c in fed.clients], "holdout": len(fed.holdout)}
+    write_json(output_dir / "results.json", results)
+    names = [setting_name(s) for s in settings]
+    reporter.final_table(results["rounds"], names, results["per_profile"], wall_time, str(output_dir))
+    return results
+
+
+def assemble_results(cfg: Mapping, reports: dict, evals: dict[int, dict], profiles: list[Profile],
+                     model_bytes: dict[str, int], wall_time: float) -> dict:
+    rounds = []
+    for r in range(cfg["num_rounds"] + 1):
+        entry: dict = {"round": r}
+        if r in evals:
+            entry["eval"] = evals[r]
+        if r in reports:
+            rep = reports[r]
+            n = sum(c.num_examples for c in rep.clients)
+            bits: dict[str, int] = {}
+            for c in rep.clients:
+                for k, v in c.bits_used.items():
+                    bits[k] = bits.get(k, 0) + v
+            entry["train"] = {
+                "loss": sum(c.loss * c.num_examples for c in rep.clients) / n if n else None,
+                "bits_used": dict(sorted(bits.items())),
+                "failures": len(rep.failures),
+                "failure_reasons": rep.failures,
+                "clients": [vars(c) for c in rep.clients],
+            }
+        rounds.append(entry)
+    last = evals[max(evals)]
+    final = {k: v["accuracy"] for k, v in last.items()}
+    per_profile = {p.name: {setting_name(s): final[setting_name(s)] for s in p.settings} for p in profiles}
+    return {"config": cfg, "rounds": rounds, "final": final, "per_profile": per_profile,
+            "model_bytes": model_bytes, "wall_time_s": wall_time}
+
+
+__all__ = ["assemble_results", "parse_setting", "run_experiment", "write_json"]

@@ -1,0 +1,73 @@
+"""Server-side test of the global model at every evaluation setting (plain PyTorch).
+
+For each setting: load the global state, switch the bit-widths, set activation ranges on the
+server's calibration hold-out (min-max or MSE), optionally re-estimate BatchNorm statistics at
+that bit-width (then re-calibrate, since the ranges follow BN), and measure test accuracy/loss.
+Float (``fp``) is evaluated as it is: the global model without calibration.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .bitwidths import FLOAT, Setting, setting_name
+from .data import Dataset
+from .protocol import load_transport_state
+from .quant import calibrate, quant_layers, reestimate_batchnorm, set_bitwidth
+from .training import accuracy
+
+
+def model_bytes(model: nn.Module, setting: Setting) -> int:
+    """Deployed size: Conv/Linear weights at their bit-width (pinned layers at theirs), every
+    other parameter (biases, norm affine) at 32 bits; statistics and quantizer ranges excluded."""
+    bits_total = 0
+    counted = set()
+    for layer in quant_layers(model):
+        w = setting[0]
+        if w is not None and layer.pinned:
+            w = layer.pinned_bits
+        bits_total += layer.weight.numel() * (w or 32)
+        counted.add(id(layer.weight))
+    bits_total += sum(p.numel() * 32 for p in model.parameters() if id(p) not in counted)
+    return math.ceil(bits_total / 8)
+
+
+@dataclass
+class Evaluator:
+    """Tests one model architecture at ``settings``; call it with a global state dict."""
+
+    model: nn.Module
+    data: Dataset
+    calibration: torch.Tensor  # indices into data.train_x
+    settings: list[Setting]
+    estimator: str = "minmax"
+    reestimate_bn: bool = True
+    batch_size: int = 1024
+    device: torch.device | str = "cpu"
+
+    def __post_init__(self) -> None:
+        self.model = self.model.to(self.device)
+        x = self.data.train_x[self.calibration]
+        self._calib = [self.data.normalize(x[i:i + 256].to(self.device)) for i in range(0, len(x), 256)]
+        self._has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
+
+    def model_bytes(self) -> dict[str, int]:
+        return {setting_name(s): model_bytes(self.model, s) for s in self.settings}
+
+    def __call__(self, state: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+        results = {}
+        for setting in self.settings:
+            load_transport_state(self.model, state)
+            set_bitwidth(self.model, *setting)
+            if setting != FLOAT and self._calib:
+                calibrate(self.model, self._calib, self.estimator)
+                if self.reestimate_bn and self._has_bn:
+                    reestimate_batchnorm(self.model, self._calib)
+                    calibrate(self.model, self._calib, self.estimator)
+            acc, loss = accuracy(self.model, self.data, self.data.test_x, self.data.test_y, self.batch_size, self.device)
+            results[setting_name(setting)] = {"accuracy": acc, "loss": loss}
+        return results

@@ -1,0 +1,63 @@
+"""What the server and the clients say to each other: record keys and the bit-usage encoding.
+
+The one module both ``clients/`` and ``strategies/`` import, so neither imports the other.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from .bitwidths import Setting, parse_setting, setting_name
+from .quant.config import MAX_BITS
+
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+
+# per-node train config
+PARTITION = "partition-id"
+SETTINGS = "settings"  # list[str]: the settings to train at (sampled per step or fixed)
+SAMPLING = "sampling"  # per_step | per_round | fixed
+SEED = "seed"
+PROXIMAL_MU = "proximal-mu"  # set by Flower's FedProx
+
+# reply metrics (identical key set in every reply, as Flower's aggregation requires)
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+BITS_HIST = "bits-hist"  # list[int]: steps per (weight, act) setting, see encode_bits
+
+_SIDE = MAX_BITS + 1  # index 0 = float, 2..16 = bits (1 unused)
+
+
+def encode_bits(used: Counter) -> list[int]:
+    """Steps per setting as a fixed-length list (17 x 17, row = weight bits, 0 = float)."""
+    hist = [0] * (_SIDE * _SIDE)
+    for name, steps in used.items():
+        w, a = parse_setting(name)
+        hist[(w or 0) * _SIDE + (a or 0)] += int(steps)
+    return hist
+
+
+def decode_bits(hist: list[int]) -> dict[str, int]:
+    """Inverse of :func:`encode_bits`, keeping only settings that were used."""
+    out = {}
+    for i, steps in enumerate(hist):
+        if steps:
+            w, a = divmod(i, _SIDE)
+            setting: Setting = (w or None, a or None)
+            out[setting_name(setting)] = int(steps)
+    return out
+
+
+def transport_state(model) -> dict:
+    """The model state that travels and is averaged: every parameter and float buffer (latent
+    weights, BN statistics, quantizer ranges); integer counters (BN ``num_batches_tracked``) stay."""
+    return {k: v.detach() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+
+def load_transport_state(model, state: dict) -> None:
+    """Load a :func:`transport_state` into ``model``; fails loudly on a key mismatch."""
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"model state does not match the model: missing {missing}, unexpected {result.unexpected_keys}")

@@ -1,0 +1,51 @@
+"""Console output: one progress line per round (time, ETA, loss, accuracies) and the final table."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+
+class ConsoleReporter:
+    """Prints progress to stderr-free stdout via rich; ``quiet`` keeps only the final table."""
+
+    def __init__(self, num_rounds: int, quiet: bool = False, console: Console | None = None) -> None:
+        self.num_rounds = num_rounds
+        self.quiet = quiet
+        self.console = console or Console(highlight=False)
+        self.start = self.last = time.perf_counter()
+
+    def round_done(self, server_round: int, train_loss: float | None, failures: int,
+                   accuracies: dict[str, float] | None) -> None:
+        now = time.perf_counter()
+        took, self.last = now - self.last, now
+        if self.quiet:
+            return
+        if server_round == 0:
+            line = f"[bold]round 0/{self.num_rounds}[/] initial model"
+        else:
+            eta = (now - self.start) / server_round * (self.num_rounds - server_round)
+            line = f"[bold]round {server_round}/{self.num_rounds}[/] {took:5.1f} s  ETA {eta:5.0f} s"
+            if train_loss is not None:
+                line += f"  train loss {train_loss:.4f}"
+            if failures:
+                line += f"  [red]{failures} client failure(s)[/]"
+        if accuracies:
+            line += "  " + " ".join(f"{k} {v:.3f}" for k, v in accuracies.items())
+        self.console.print(line, soft_wrap=True)
+
+    def final_table(self, rounds: list[dict], settings: list[str], per_profile: dict, wall_time: float,
+                    output_dir: str) -> None:
+        table = Table(title="Test accuracy of the global model per evaluation setting")
+        table.add_column("round", justify="right")
+        for s in settings:
+            table.add_column(s, justify="right")
+        for r in rounds:
+            if "eval" in r:
+                table.add_row(str(r["round"]), *(f"{r['eval'][s]['accuracy']:.4f}" for s in settings))
+        self.console.print(table)
+        for name, accs in per_profile.items():
+            self.console.print(f"profile {name}: " + "  ".join(f"{k} {v:.4f}" for k, v in accs.items()))
+        self.console.print(f"wall time {wall_time:.1f} s; results in {output_dir}/results.json")

@@ -1,0 +1,198 @@
+"""Check a whole experiment config before anything starts (no Ray, no data loading).
+
+Every problem is reported as one :class:`ConfigError` line: the key, the bad value, what is allowed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .bitwidths import FLOAT, SAMPLING_MODES, parse_setting, parse_settings
+from .data import DATASETS, SCHEMES
+from .models import MODELS
+from .quant import QuantConfig
+from .quant.config import ESTIMATORS
+from .training import REGULARIZERS
+
+LOGGERS = ("none", "wandb")
+DEVICES = ("auto", "cpu", "cuda")
+_MISSING = object()
+
+
+class ConfigError(ValueError):
+    """A bad config value; ``str()`` is the one line shown to the user."""
+
+
+def _get(cfg: Mapping, key: str):
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _need(cfg: Mapping, key: str):
+    value = _get(cfg, key)
+    if value is _MISSING:
+        raise ConfigError(f"{key} is missing: add it to the config (see conf/config.yaml)")
+    return value
+
+
+def _int(cfg: Mapping, key: str, lo: int, hi: int | None = None) -> int:
+    value = _need(cfg, key)
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not ok or value < lo or (hi is not None and value > hi):
+        allowed = f"an integer >= {lo}" if hi is None else f"an integer in {lo}..{hi}"
+        raise ConfigError(f"{key}={value!r} is not valid: allowed is {allowed}")
+    return int(value)
+
+
+def _float(cfg: Mapping, key: str, lo: float, hi: float | None = None, lo_open: bool = False,
+           hi_open: bool = False) -> float:
+    value = _need(cfg, key)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if ok:
+        ok = (value > lo if lo_open else value >= lo) and (hi is None or (value < hi if hi_open else value <= hi))
+    if not ok:
+        lo_s = f"> {lo}" if lo_open else f">= {lo}"
+        hi_s = "" if hi is None else f" and {'<' if hi_open else '<='} {hi}"
+        raise ConfigError(f"{key}={value!r} is not valid: allowed is a number {lo_s}{hi_s}")
+    return float(value)
+
+
+def _choice(cfg: Mapping, key: str, allowed: Sequence[str]) -> str:
+    value = _need(cfg, key)
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not valid: allowed are {', '.join(allowed)}")
+    return value
+
+
+def _wrap(key: str, fn, *args):
+    """Run a core validator and re-raise its ValueError as a ConfigError under ``key``."""
+    try:
+        return fn(*args)
+    except ValueError as err:
+        msg = str(err)
+        raise ConfigError(msg if msg.startswith(key) else f"{key}: {msg}") from None
+
+
+def check_profiles(cfg: Mapping, bits: list) -> None:
+    profiles = _need(cfg, "strategy.profiles")
+    if not isinstance(profiles, Sequence) or isinstance(profiles, str):
+        raise ConfigError(f"strategy.profiles={profiles!r} is not valid: allowed is a list of {{name, share, bits}}")
+    if not profiles:
+        return
+    names, total = set(), 0.0
+    for i, p in enumerate(profiles):
+        key = f"strategy.profiles[{i}]"
+        if not isinstance(p, Mapping) or set(p) != {"name", "share", "bits"}:
+            raise ConfigError(f"{key}={p!r} is not valid: allowed is a mapping with exactly name, share, bits")
+        if not isinstance(p["name"], str) or not p["name"] or p["name"] in names:
+            raise ConfigError(f"{key}.name={p['name']!r} is not valid: allowed is a non-empty name not used by another profile")
+        names.add(p["name"])
+        share = p["share"]
+        if not isinstance(share, numbers.Real) or isinstance(share, bool) or not 0 < share <= 1:
+            raise ConfigError(f"{key}.share={share!r} is not valid: allowed is a number > 0 and <= 1")
+        total += float(share)
+        pbits = p["bits"]
+        if not isinstance(pbits, Sequence) or isinstance(pbits, str) or not pbits:
+            raise ConfigError(f"{key}.bits={pbits!r} is not valid: allowed is a non-empty list of integers in 2..16")
+        for b in pbits:
+            if not isinstance(b, numbers.Integral) or isinstance(b, bool) or not 2 <= b <= 16:
+                raise ConfigError(f"{key}.bits contains {b!r}: allowed are integers in 2..16")
+        if _get(cfg, "strategy.name") == "qafedavg":
+            allowed = [s for s in bits if s == FLOAT or s in [parse_setting(b) for b in pbits]]
+            if not allowed:
+                raise ConfigError(f"{key}.bits={list(pbits)} shares no bit-width with strategy.bits: "
+                                  "allowed is a profile with at least one bit-width in strategy.bits")
+    if abs(total - 1.0) > 1e-6:
+        raise ConfigError(f"strategy.profiles shares sum to {total:g}: allowed is a sum of 1")
+
+
+def validate(cfg: Mapping) -> None:
+    """Raise :class:`ConfigError` for the first problem found in ``cfg``."""
+    _int(cfg, "seed", 0)
+    _int(cfg, "num_rounds", 1)
+    num_clients = _int(cfg, "num_clients", 1)
+    _int(cfg, "clients_per_round", 1, num_clients)
+
+    _choice(cfg, "dataset.name", DATASETS)
+    root = _need(cfg, "dataset.root")
+    if root is not None:
+        if not isinstance(root, str) or not root:
+            raise ConfigError(f"dataset.root={root!r} is not valid: allowed is null or a folder path")
+        path = Path(root).expanduser()
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"dataset.root={root!r} is not valid: it is a file, allowed is a folder")
+        if not path.exists() and not path.parent.is_dir():
+            raise ConfigError(f"dataset.root={root!r} is not valid: neither it nor its parent folder exists")
+    _int(cfg, "dataset.holdout", 0)
+
+    _choice(cfg, "model.name", MODELS)
+    if not isinstance(_need(cfg, "model.options"), Mapping):
+        raise ConfigError(f"model.options={_get(cfg, 'model.options')!r} is not valid: allowed is a mapping")
+    if _get(cfg, "model.options.norm") not in (_MISSING, "batch", "group"):
+        _choice(cfg, "model.options.norm", ("batch", "group"))
+
+    from strategies import SERVERS, STRATEGIES  # light: flwr's strategy classes only
+
+    _choice(cfg, "strategy.name", STRATEGIES)
+    server = _choice(cfg, "strategy.server", tuple(SERVERS))
+    options = _need(cfg, "strategy.server_options")
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"strategy.server_options={options!r} is not valid: allowed is a mapping")
+    params = set(inspect.signature(SERVERS[server].__init__).parameters) - {"self"}
+    reserved = {"fraction_train", "fraction_evaluate", "min_train_nodes", "min_available_nodes",
+                "weighted_by_key", "arrayrecord_key", "configrecord_key", "train_metrics_aggr_fn"}
+    for k in options:
+        if k not in params or k in reserved:
+            raise ConfigError(f"strategy.server_options.{k} is not valid for strategy.server={server}: "
+                              f"allowed are {', '.join(sorted(params - reserved - {'evaluate_metrics_aggr_fn'}))}")
+    sampling = _choice(cfg, "strategy.sampling", SAMPLING_MODES)
+    bits = _wrap("strategy.bits", parse_settings, _need(cfg, "strategy.bits"), "strategy.bits")
+    if sampling == "fixed" and len(bits) != 1 and _get(cfg, "strategy.name") == "qafedavg":
+        raise ConfigError(f"strategy.bits={[str(b) for b in _get(cfg, 'strategy.bits')]} is not valid with "
+                          "strategy.sampling=fixed: allowed is exactly one setting, e.g. [4]")
+    check_profiles(cfg, bits)
+
+    scheme = _choice(cfg, "partition.name", SCHEMES)
+    if scheme == "dirichlet":
+        _float(cfg, "partition.alpha", 0.0, lo_open=True)
+        _int(cfg, "partition.min_size", 1)
+    if scheme == "shards":
+        _int(cfg, "partition.k", 1)
+
+    _int(cfg, "client.local_epochs", 1)
+    _float(cfg, "client.lr", 0.0, lo_open=True)
+    _int(cfg, "client.batch_size", 1)
+    _float(cfg, "client.momentum", 0.0, 1.0, hi_open=True)
+    _float(cfg, "client.weight_decay", 0.0)
+    _choice(cfg, "client.regularizer", REGULARIZERS)
+    _float(cfg, "client.reg_weight", 0.0)
+
+    _wrap("eval.settings", parse_settings, _need(cfg, "eval.settings"), "eval.settings")
+    _int(cfg, "eval.every", 1)
+    _choice(cfg, "eval.estimator", ESTIMATORS)
+    if not isinstance(_need(cfg, "eval.reestimate_bn"), bool):
+        raise ConfigError(f"eval.reestimate_bn={_get(cfg, 'eval.reestimate_bn')!r} is not valid: allowed are true, false")
+    _int(cfg, "eval.batch_size", 1)
+
+    quant = _need(cfg, "quantization")
+    try:
+        QuantConfig(**dict(quant), weight_bits=None, act_bits=None)
+    except TypeError as err:
+        raise ConfigError(f"quantization: {err}; allowed keys are the QuantConfig fields (conf/quantization/default.yaml)") from None
+    except ValueError as err:
+        raise ConfigError(f"quantization.{err}") from None
+
+    _float(cfg, "simulation.num_cpus_per_client", 0.0, lo_open=True)
+    _float(cfg, "simulation.num_gpus_per_client", 0.0)
+    _choice(cfg, "simulation.device", DEVICES)
+    address = _need(cfg, "simulation.ray_address")
+    if address is not None and not isinstance(address, str):
+        raise ConfigError(f"simulation.ray_address={address!r} is not valid: allowed is null, auto or host:port")
+    _choice(cfg, "logger.name", LOGGERS)
