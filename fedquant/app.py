@@ -64,7 +64,7 @@ def run_experiment(cfg: Mapping, output_dir: str | Path) -> dict:
                         cfg["num_clients"], cfg["clients_per_round"], cfg["seed"], profiles)
     settings = parse_settings(ev["settings"], "eval.settings")
     settings += [s for p in profiles for s in p.settings if s not in settings]  # every profile's deployment
-    model = build_quantized_model(model_spec, fed.data)
+    model = build_quantized_model(model_spec, fed.data, seed=cfg["seed"])
     evaluator = Evaluator(copy.deepcopy(model), fed.data, fed.holdout, settings, ev["estimator"],
                           ev["reestimate_bn"], ev["batch_size"], select_device(sim["device"]))
     strategy = build_strategy(strat["server"], plan, **strat["server_options"])

@@ -1,8 +1,8 @@
 """Server-side test of the global model at every evaluation setting (plain PyTorch).
 
-For each setting: load the global state, switch the bit-widths, set activation ranges on the
-server's calibration hold-out (min-max or MSE), optionally re-estimate BatchNorm statistics at
-that bit-width (then re-calibrate, since the ranges follow BN), and measure test accuracy/loss.
+For each setting: load the global state, switch the bit-widths, and in one pass over the
+server's calibration hold-out set the activation ranges (min-max or MSE) and, optionally,
+re-estimate BatchNorm statistics with the quantized weights; then measure test accuracy/loss.
 Float (``fp``) is evaluated as it is: the global model without calibration.
 """
 
@@ -17,7 +17,7 @@ from torch import nn
 from .bitwidths import FLOAT, Setting, setting_name
 from .data import Dataset
 from .protocol import load_transport_state
-from .quant import calibrate, quant_layers, reestimate_batchnorm, set_bitwidth
+from .quant import calibrate, quant_layers, set_bitwidth
 from .training import accuracy
 
 
@@ -53,7 +53,6 @@ class Evaluator:
         self.model = self.model.to(self.device)
         x = self.data.train_x[self.calibration]
         self._calib = [self.data.normalize(x[i:i + 256].to(self.device)) for i in range(0, len(x), 256)]
-        self._has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
 
     def model_bytes(self) -> dict[str, int]:
         return {setting_name(s): model_bytes(self.model, s) for s in self.settings}
@@ -64,10 +63,7 @@ class Evaluator:
             load_transport_state(self.model, state)
             set_bitwidth(self.model, *setting)
             if setting != FLOAT and self._calib:
-                calibrate(self.model, self._calib, self.estimator)
-                if self.reestimate_bn and self._has_bn:
-                    reestimate_batchnorm(self.model, self._calib)
-                    calibrate(self.model, self._calib, self.estimator)
+                calibrate(self.model, self._calib, self.estimator, reestimate_bn=self.reestimate_bn)
             acc, loss = accuracy(self.model, self.data, self.data.test_x, self.data.test_y, self.batch_size, self.device)
             results[setting_name(setting)] = {"accuracy": acc, "loss": loss}
         return results

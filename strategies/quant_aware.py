@@ -9,6 +9,7 @@ replies to Flower's aggregation in partition order, so results do not depend on 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -53,10 +54,16 @@ class QuantAwareMixin:
 
     def __init__(self, *, plan: TrainingPlan, **kwargs) -> None:
         n = plan.clients_per_round
-        super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n,
-                         min_available_nodes=n, weighted_by_key=P.NUM_EXAMPLES,
-                         arrayrecord_key=P.ARRAYS, configrecord_key=P.CONFIG,
-                         train_metrics_aggr_fn=aggregate_train_metrics, **kwargs)
+        flwr_logger = logging.getLogger("flwr")
+        level = flwr_logger.level
+        flwr_logger.setLevel(logging.ERROR)  # silence "fraction_evaluate is 0": the server evaluates
+        try:
+                super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n,
+                             min_available_nodes=n, weighted_by_key=P.NUM_EXAMPLES,
+                             arrayrecord_key=P.ARRAYS, configrecord_key=P.CONFIG,
+                             train_metrics_aggr_fn=aggregate_train_metrics, **kwargs)
+        finally:
+            flwr_logger.setLevel(level)
         self.plan = plan
         self.reports: dict[int, RoundReport] = {}
 

@@ -134,3 +134,18 @@ def test_batchnorm_reestimation_is_exact_mean():
 def test_bad_input_raises_value_error_naming_value_and_allowed(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_calibrate_with_bn_reestimation_matches_separate_reestimation():
+    torch.manual_seed(0)
+    float_model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3))
+    one = quantize_model(copy.deepcopy(float_model), QuantConfig(4, 4))
+    two = quantize_model(copy.deepcopy(float_model), QuantConfig(4, 4))
+    one.eval(), two.eval()
+    batches = [torch.randn(16, 1, 8, 8) * 2 + 1 for _ in range(3)]
+    calibrate(one, batches, reestimate_bn=True)
+    set_bitwidth(two, 4, None)  # BN statistics with quantized weights and float activations
+    reestimate_batchnorm(two, batches)
+    assert torch.allclose(one[1].running_mean, two[1].running_mean, atol=1e-6)
+    assert torch.allclose(one[1].running_var, two[1].running_var, atol=1e-5)
+    assert one[1].momentum == 0.1 and not one[1].training

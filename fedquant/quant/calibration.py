@@ -72,14 +72,22 @@ def _mse_weight_clip(layer: nn.Module) -> torch.Tensor:
     return best
 
 
+def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 @torch.no_grad()
-def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], estimator: str = "minmax") -> nn.Module:
+def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], estimator: str = "minmax",
+              reestimate_bn: bool = False) -> nn.Module:
     """Set activation ranges (and, for ``"mse"``, weight clipping) from data at the current bit-width.
 
     Runs ``model`` in eval mode over ``batches`` (input tensors) with activation quantization
     switched off while observing, so every quantizer sees float inputs from quantized weights.
     ``"minmax"`` takes the observed range; ``"mse"`` picks the fraction of it (grid of 39 values)
-    that minimises the quantization MSE. Weights are never changed. Returns ``model``.
+    that minimises the quantization MSE. With ``reestimate_bn`` the same single pass also
+    recomputes BatchNorm statistics as exact means over the batches (BN normalises each batch
+    with its own statistics meanwhile, as the re-estimated statistics will). Weights are never
+    changed. Returns ``model``.
     """
     check_choice(estimator, ESTIMATORS, "estimator")
     layers = list(quant_layers(model))
@@ -87,6 +95,12 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], estimator: str 
         raise ValueError("model has no quantized layer: call fedquant.quant.quantize_model first")
     was_training = model.training
     model.eval()
+    bns = _batchnorms(model) if reestimate_bn else []
+    saved_momentum = {bn: bn.momentum for bn in bns}
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average = exact mean over the batches
+        bn.train()
     for layer in layers:
         wq = layer.weight_quantizer
         if wq.bits is not None and not wq.learned:
@@ -111,6 +125,8 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], estimator: str 
     finally:
         for layer in layers:
             layer.input_quantizer.observer = None
+        for bn, momentum in saved_momentum.items():
+            bn.momentum = momentum
         model.train(was_training)
     return model
 
@@ -123,7 +139,7 @@ def reestimate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> n
     float (or at another bit-width) are re-estimated at the current one (activation ranges stay
     frozen: the quantizers are put in eval mode).
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    bns = _batchnorms(model)
     if not bns:
         return model
     was_training = model.training

@@ -1,0 +1,34 @@
+"""An in-process stand-in for Flower's Grid: the real ClientApp handler, no Ray, synchronous.
+
+Used to test strategies and clients together quickly and deterministically; the end-to-end tests
+go through Flower's simulation engine and Ray for real.
+"""
+
+from __future__ import annotations
+
+from flwr.app import Message
+from flwr.supercore.task_identity import TaskIdentity
+
+from clients import ClientSetup, handle_train
+
+
+def set_identity() -> None:
+    """Message() needs a run/task identity, which Flower sets when it runs an app."""
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+
+
+class InProcessGrid:
+    def __init__(self, setup: ClientSetup, num_nodes: int, handler=handle_train) -> None:
+        set_identity()
+        self.setup = setup
+        self.node_ids = [1000 + 7 * i for i in range(num_nodes)]
+        self.handler = handler
+        self.sent: list[Message] = []
+
+    def get_node_ids(self):
+        return list(self.node_ids)
+
+    def send_and_receive(self, messages, timeout=None):
+        messages = list(messages)
+        self.sent += messages
+        return [self.handler(self.setup, m) for m in messages]

@@ -1,0 +1,120 @@
+"""Strategies and clients together, in process: aggregation, assignment, reproducibility."""
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from clients import ClientSetup
+from fedquant import protocol as P
+from fedquant.app import _partition_params, _train_config
+from fedquant.bitwidths import parse_settings
+from fedquant.workspace import DataSpec, ModelSpec, build_quantized_model, federated_data
+from strategies import Profile, TrainingPlan, assign_profiles, build_strategy
+from tests.helpers import TINY, make_config
+from tests.inprocess import InProcessGrid, set_identity
+
+
+def setup_and_plan(cfg):
+    data = DataSpec(cfg["dataset"]["name"], None, cfg["partition"]["name"], _partition_params(cfg["partition"]),
+                    cfg["num_clients"], cfg["dataset"]["holdout"], cfg["seed"])
+    model = ModelSpec(cfg["model"]["name"], (), tuple(sorted(cfg["quantization"].items())))
+    s = cfg["strategy"]
+    profiles = [Profile(p["name"], p["share"], tuple(p["bits"])) for p in s["profiles"]]
+    plan = TrainingPlan(s["name"], s["sampling"], parse_settings(s["bits"], "b"), cfg["num_clients"],
+                        cfg["clients_per_round"], cfg["seed"], profiles)
+    return ClientSetup(data, model), plan
+
+
+def run_inprocess(*overrides, server="fedavg", **server_options):
+    cfg = make_config(*TINY, *overrides)
+    setup, plan = setup_and_plan(cfg)
+    strategy = build_strategy(server, plan, **server_options)
+    model = build_quantized_model(setup.model, federated_data(setup.data).data, seed=cfg["seed"])
+    grid = InProcessGrid(setup, cfg["clients_per_round"])
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(P.transport_state(model)),
+                            num_rounds=cfg["num_rounds"], train_config=_train_config(cfg["client"]))
+    return result.arrays.to_torch_state_dict(), strategy, grid
+
+
+def fake_reply(request: Message, partition: int, n: int, value: float) -> Message:
+    arrays = ArrayRecord({"w": torch.full((2, 3), value), "b": torch.tensor([value])})
+    metrics = MetricRecord({P.NUM_EXAMPLES: n, P.TRAIN_LOSS: value, P.PARTITION: partition, P.BITS_HIST: [0] * 289})
+    return Message(RecordDict({P.ARRAYS: arrays, P.METRICS: metrics}), reply_to=request)
+
+
+def test_aggregation_is_example_weighted_mean():
+    set_identity()
+    plan = TrainingPlan("fedavg", "fixed", parse_settings(["fp"], "b"), 10, 3, 0, [])
+    strategy = build_strategy("fedavg", plan)
+    request = Message(RecordDict({P.CONFIG: ConfigRecord({})}), dst_node_id=1, message_type="train")
+    replies = [fake_reply(request, 2, 10, 1.0), fake_reply(request, 0, 30, 2.0), fake_reply(request, 1, 60, 4.0)]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    expected = (10 * 1.0 + 30 * 2.0 + 60 * 4.0) / 100
+    state = arrays.to_torch_state_dict()
+    assert torch.allclose(state["w"], torch.full((2, 3), expected))
+    assert state["b"].item() == pytest.approx(expected)
+    assert metrics[P.TRAIN_LOSS] == pytest.approx(expected) and metrics[P.NUM_EXAMPLES] == 100
+    assert [c.partition for c in strategy.reports[1].clients] == [0, 1, 2]  # partition order
+
+
+def test_one_message_per_node_with_its_own_config_and_fedprox_mu():
+    _, strategy, grid = run_inprocess("strategy.profiles=[{name: a, share: 0.5, bits: [8]}, {name: b, share: 0.5, bits: [2, 4]}]",
+                                      server="fedprox", proximal_mu=0.01)
+    assert len(grid.sent) == 2 * 3
+    for r in (1, 2):
+        msgs = grid.sent[(r - 1) * 3: r * 3]
+        configs = [m.content.config_records[P.CONFIG] for m in msgs]
+        assert len({m.metadata.dst_node_id for m in msgs}) == 3
+        assert [c[P.PARTITION] for c in configs] == strategy.plan.sample_clients(r)
+        assert all(c["proximal-mu"] == 0.01 and c["server-round"] == r for c in configs)
+        for c in configs:
+            allowed = {"a": {"w8a8"}, "b": {"w2a2", "w4a4"}}[strategy.plan.profile_name(c[P.PARTITION])]
+            assert set(c[P.SETTINGS]) == allowed
+    for report in strategy.reports.values():
+        for client in report.clients:
+            allowed = {"a": {"w8a8"}, "b": {"w2a2", "w4a4"}}[client.profile]
+            assert set(client.bits_used) <= allowed and sum(client.bits_used.values()) > 0
+
+
+def test_qafedavg_with_float_only_reproduces_fedavg_exactly():
+    fedavg, _, _ = run_inprocess("strategy=fedavg")
+    qa_fp, strategy, _ = run_inprocess("strategy=qafedavg", "strategy.bits=[fp]")
+    assert all(torch.equal(fedavg[k], qa_fp[k]) for k in fedavg)
+    assert all(c.bits_used == {"fp": c.bits_used["fp"]} for c in strategy.reports[1].clients)
+
+
+@pytest.mark.parametrize("sampling", ["per_step", "per_round"])
+def test_same_seed_same_clients_bits_and_weights(sampling):
+    a, sa, _ = run_inprocess(f"strategy.sampling={sampling}")
+    b, sb, _ = run_inprocess(f"strategy.sampling={sampling}")
+    c, sc, _ = run_inprocess(f"strategy.sampling={sampling}", "seed=1")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [vars(x) for r in sa.reports.values() for x in r.clients] == [vars(x) for r in sb.reports.values() for x in r.clients]
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    if sampling == "per_round":  # one setting per client and round
+        assert all(len(x.bits_used) == 1 for r in sa.reports.values() for x in r.clients)
+    else:
+        assert any(len(x.bits_used) > 1 for r in sa.reports.values() for x in r.clients)
+
+
+@pytest.mark.parametrize("server, options", [("fedavgm", {"server_momentum": 0.9}), ("fedadam", {"eta": 0.01})])
+def test_flower_server_optimizers_compose(server, options):
+    state, strategy, _ = run_inprocess(server=server, **options)
+    assert type(strategy).__name__ == f"QuantAware{ {'fedavgm': 'FedAvgM', 'fedadam': 'FedAdam'}[server]}"
+    assert all(torch.isfinite(v).all() for v in state.values())
+
+
+def test_profiles_assigned_by_share_and_seed():
+    profiles = [Profile("npu8", 0.5, (8,)), Profile("dsp4", 0.3, (4, 8)), Profile("mcu2", 0.2, (2, 4))]
+    labels = assign_profiles(profiles, 10, seed=0)
+    assert sorted(labels) == [0] * 5 + [1] * 3 + [2] * 2
+    assert labels == assign_profiles(profiles, 10, seed=0) and labels != assign_profiles(profiles, 10, seed=1)
+
+
+def test_client_loads_dataset_once_per_process():
+    cfg = make_config(*TINY)
+    setup, _ = setup_and_plan(cfg)
+    federated_data.cache_clear()
+    run_inprocess()
+    run_inprocess()
+    assert federated_data.cache_info().misses == 1
