@@ -12,7 +12,13 @@ from flwr.clientapp import ClientApp
 from fedquant import protocol as P
 from fedquant.bitwidths import BitSampler, parse_setting
 from fedquant.training import TrainConfig, train_local
-from fedquant.workspace import DataSpec, ModelSpec, build_quantized_model, federated_data, select_device
+from fedquant.workspace import (
+    DataSpec,
+    ModelSpec,
+    build_quantized_model,
+    federated_data,
+    select_device,
+)
 
 
 @dataclass(frozen=True)

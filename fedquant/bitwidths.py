@@ -30,7 +30,10 @@ def parse_setting(value: object, what: str = "setting") -> Setting:
     if not match:
         raise ValueError(f"{what}={value!r} is not valid: allowed is 'fp', 'wXaY' (e.g. w4a4, w4a8) "
                          f"or an integer bit-width, with bits in {MIN_BITS}..{MAX_BITS}")
-    return (check_bits(int(match[1]), what, allow_none=False), check_bits(int(match[2]), what, allow_none=False))
+    w, a = int(match[1]), int(match[2])
+    if not (MIN_BITS <= w <= MAX_BITS and MIN_BITS <= a <= MAX_BITS):
+        raise ValueError(f"{what}={value!r} is out of range: allowed is an integer in {MIN_BITS}..{MAX_BITS} for w and a")
+    return w, a
 
 
 def setting_name(setting: Setting) -> str:

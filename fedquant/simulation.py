@@ -7,7 +7,6 @@ call here means a Flower upgrade touches this file only.
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 
 from flwr.clientapp import ClientApp

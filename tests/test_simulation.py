@@ -1,0 +1,102 @@
+"""End to end through Flower's simulation engine and Ray, and the command line."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedquant.app import run_experiment
+from tests.fixtures import cifar_files
+from tests.helpers import TINY, make_config
+
+PROFILES = "strategy.profiles=[{name: npu8, share: 0.5, bits: [8]}, {name: mcu, share: 0.5, bits: [2, 4]}]"
+SETTINGS = "eval.settings=[fp,w8a8,w4a4,w4a8]"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory):
+    cfg = make_config(*TINY, PROFILES, SETTINGS)
+    out = tmp_path_factory.mktemp("run")
+    run_experiment(cfg, out)
+    return cfg, json.loads((out / "results.json").read_text())
+
+
+def test_results_json_has_every_setting_and_profile(e2e):
+    cfg, res = e2e
+    expected = ["fp", "w8a8", "w4a4", "w4a8", "w2a2"]  # w2a2: the mcu profile's deployment setting
+    assert list(res["final"]) == expected and list(res["model_bytes"]) == expected
+    assert [r["round"] for r in res["rounds"]] == [0, 1, 2]
+    for r in res["rounds"]:
+        assert list(r["eval"]) == expected
+        assert all(0.0 <= v["accuracy"] <= 1.0 and v["loss"] > 0 for v in r["eval"].values())
+    assert res["final"] == {k: v["accuracy"] for k, v in res["rounds"][-1]["eval"].items()}
+    assert res["per_profile"] == {"npu8": {"w8a8": res["final"]["w8a8"]},
+                                  "mcu": {"w2a2": res["final"]["w2a2"], "w4a4": res["final"]["w4a4"]}}
+    assert res["model_bytes"]["w4a4"] < res["model_bytes"]["w8a8"] < res["model_bytes"]["fp"]
+    assert res["config"]["num_clients"] == 6 and res["wall_time_s"] > 0
+
+
+def test_every_client_trained_at_its_profiles_bits(e2e):
+    _, res = e2e
+    allowed = {"npu8": {"w8a8"}, "mcu": {"w2a2", "w4a4"}}
+    seen = set()
+    for r in res["rounds"][1:]:
+        assert len(r["train"]["clients"]) == 3 and r["train"]["failures"] == 0
+        for c in r["train"]["clients"]:
+            assert c["bits_used"] and set(c["bits_used"]) <= allowed[c["profile"]]
+            seen |= set(c["bits_used"])
+        assert sum(r["train"]["bits_used"].values()) == sum(sum(c["bits_used"].values()) for c in r["train"]["clients"])
+    assert seen == {"w8a8", "w2a2", "w4a4"}
+
+
+def test_same_seed_twice_gives_identical_results(e2e, tmp_path):
+    cfg, first = e2e
+    run_experiment(cfg, tmp_path)
+    second = json.loads((tmp_path / "results.json").read_text())
+    assert second["final"] == first["final"]
+    for a, b in zip(first["rounds"], second["rounds"], strict=True):
+        assert a.get("eval") == b.get("eval")
+        assert a.get("train", {}).get("clients") == b.get("train", {}).get("clients")
+
+
+def cli(*args, timeout=300):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", "fedquant", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=env)
+
+
+def test_cli_bad_config_is_one_line_exit_2(tmp_path):
+    proc = cli("clients_per_round=20", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: clients_per_round=20 is not valid: allowed is an integer in 1..10"
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_cli_cifar_missing_offline_is_one_line(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = cli("+experiment=cifar_qafedavg", f"dataset.root={empty}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cifar10: neither") and "dataset.root=" in lines[0]
+
+
+def test_cli_cifar_from_local_folder_runs(tmp_path):
+    folder = tmp_path / "cifar" / "cifar-10-batches-bin"
+    folder.mkdir(parents=True)
+    members, _ = cifar_files("cifar10", n=24)
+    for name, raw in members.items():
+        (folder / name).write_bytes(raw)
+    run_dir = tmp_path / "run"
+    proc = cli("+experiment=cifar_qafedavg", f"dataset.root={tmp_path / 'cifar'}", "dataset.holdout=20",
+               "num_clients=4", "clients_per_round=2", "num_rounds=1", "partition=iid", "eval.settings=[fp,w4a4]",
+               "quiet=true", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["config"]["model"]["name"] == "resnet20" and set(res["final"]) == {"fp", "w4a4"}
+    assert res["partition"] == {"sizes": [25, 25, 25, 25], "holdout": 20}

@@ -1,0 +1,61 @@
+"""Every config error is one line naming the key, the bad value and what is allowed."""
+
+import pytest
+
+from fedquant.validation import ConfigError, validate
+from tests.helpers import make_config
+
+PROFILE = "{name: %s, share: %s, bits: %s}"
+
+BAD = [
+    (["clients_per_round=11"], "clients_per_round=11 is not valid: allowed is an integer in 1..10"),
+    (["num_clients=0"], "num_clients=0 is not valid: allowed is an integer >= 1"),
+    (["num_rounds=-1"], "num_rounds=-1 is not valid: allowed is an integer >= 1"),
+    (["seed=1.5"], "seed=1.5 is not valid: allowed is an integer >= 0"),
+    (["dataset.name=mnist"], "dataset.name='mnist' is not valid: allowed are digits, fmnist, cifar10, cifar100"),
+    (["dataset.root=/no/such/parent/dir"], "dataset.root='/no/such/parent/dir' is not valid: neither it nor its parent folder exists"),
+    (["dataset.holdout=-5"], "dataset.holdout=-5 is not valid: allowed is an integer >= 0"),
+    (["model.name=vgg"], "model.name='vgg' is not valid: allowed are mlp, cnn, resnet20"),
+    (["+model.options.norm=layer"], "model.options.norm='layer' is not valid: allowed are batch, group"),
+    (["strategy.name=fedsgd"], "strategy.name='fedsgd' is not valid: allowed are fedavg, qafedavg"),
+    (["strategy.server=scaffold"], "strategy.server='scaffold' is not valid: allowed are fedavg, fedprox, fedavgm, fedadam"),
+    (["+strategy.server_options.mu=0.1"], "strategy.server_options.mu is not valid for strategy.server=fedavg"),
+    (["strategy.sampling=per_epoch"], "strategy.sampling='per_epoch' is not valid: allowed are per_step, per_round, fixed"),
+    (["strategy.bits=[4,1]"], "strategy.bits[1]=1 is out of range: allowed is an integer in 2..16"),
+    (["strategy.sampling=fixed"], "strategy.bits=['2', '3', '4', '6', '8'] is not valid with strategy.sampling=fixed: allowed is exactly one setting"),
+    ([f"strategy.profiles=[{PROFILE % ('a', 0.5, [8])}, {PROFILE % ('b', 0.3, [4])}]"], "strategy.profiles shares sum to 0.8: allowed is a sum of 1"),
+    ([f"strategy.profiles=[{PROFILE % ('a', 1.0, [8, 17])}]"], "strategy.profiles[0].bits contains 17: allowed are integers in 2..16"),
+    ([f"strategy.profiles=[{PROFILE % ('a', 1.0, [1])}]"], "strategy.profiles[0].bits contains 1: allowed are integers in 2..16"),
+    ([f"strategy.profiles=[{PROFILE % ('a', 0.5, [8])}, {PROFILE % ('a', 0.5, [4])}]"], "strategy.profiles[1].name='a' is not valid"),
+    ([f"strategy.profiles=[{PROFILE % ('a', 1.0, [5])}]"], "strategy.profiles[0].bits=[5] shares no bit-width with strategy.bits"),
+    (["partition.name=pathological"], "partition.name='pathological' is not valid: allowed are iid, dirichlet, shards"),
+    (["partition.alpha=0"], "partition.alpha=0 is not valid: allowed is a number > 0.0"),
+    (["partition=shards", "partition.k=0"], "partition.k=0 is not valid: allowed is an integer >= 1"),
+    (["client.lr=0"], "client.lr=0 is not valid: allowed is a number > 0.0"),
+    (["client.batch_size=0"], "client.batch_size=0 is not valid: allowed is an integer >= 1"),
+    (["client.momentum=1.0"], "client.momentum=1.0 is not valid: allowed is a number >= 0.0 and < 1.0"),
+    (["client.regularizer=l2"], "client.regularizer='l2' is not valid: allowed are none, kure, gradl1"),
+    (["eval.settings=[fp,w4]"], "eval.settings[1]='w4' is not valid: allowed is 'fp', 'wXaY'"),
+    (["eval.settings=[w4a20]"], "eval.settings[0]='w4a20' is out of range: allowed is an integer in 2..16"),
+    (["eval.every=0"], "eval.every=0 is not valid: allowed is an integer >= 1"),
+    (["eval.estimator=kl"], "eval.estimator='kl' is not valid: allowed are minmax, mse"),
+    (["quantization.weight_granularity=per_row"], "quantization.weight_granularity='per_row' is not valid: allowed are per_channel, per_tensor"),
+    (["quantization.pinned_bits=1"], "quantization.pinned_bits=1 is out of range"),
+    (["simulation.num_cpus_per_client=0"], "simulation.num_cpus_per_client=0 is not valid: allowed is a number > 0.0"),
+    (["simulation.num_gpus_per_client=-0.5"], "simulation.num_gpus_per_client=-0.5 is not valid: allowed is a number >= 0.0"),
+    (["simulation.device=tpu"], "simulation.device='tpu' is not valid: allowed are auto, cpu, cuda"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD, ids=[o[0][:40] for o, _ in BAD])
+def test_bad_config_message(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        validate(make_config(*overrides))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_default_and_shipped_experiments_are_valid():
+    for overrides in ([], ["+experiment=cifar_qafedavg"], ["+experiment=cifar_fedavg"],
+                      ["+experiment=fmnist_qafedavg"], ["+experiment=fmnist_fedavg"]):
+        validate(make_config(*overrides))
