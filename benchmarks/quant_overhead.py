@@ -1,9 +1,10 @@
 """QAT step time vs float step time for the Fashion-MNIST CNN, measured side by side.
 
 Float and W4A4 QAT steps are timed in alternating blocks in one process (one thread), so machine
-noise hits both equally; the ratio of medians is printed per batch size.
+noise hits both equally; the ratio of medians is printed per batch size and memory layout
+(channels_last is what training uses for conv models; contiguous is PyTorch's default).
 
-    python benchmarks/quant_overhead.py [--steps 200] [--batch-sizes 32 128] [--dataset fmnist]
+    python benchmarks/quant_overhead.py [--steps 50] [--rounds 6] [--batch-sizes 32 128]
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import torch.nn.functional as F
 from fedquant.data import load_dataset
 from fedquant.models import build_model
 from fedquant.quant import QuantConfig, quantize_model
+from fedquant.training import to_input
 
 
-def step_times(model, data, batch_size: int, steps: int, blocks: int) -> list[float]:
+def step_times(model, data, batch_size: int, steps: int, blocks: int, fmt=torch.channels_last) -> list[float]:
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     gen = torch.Generator().manual_seed(0)
     per_block = []
@@ -29,7 +31,7 @@ def step_times(model, data, batch_size: int, steps: int, blocks: int) -> list[fl
         idx = torch.randint(len(data.train_y), (steps, batch_size), generator=gen)
         t = time.perf_counter()
         for b in idx:
-            loss = F.cross_entropy(model(data.normalize(data.train_x[b])), data.train_y[b])
+            loss = F.cross_entropy(model(to_input(data, data.train_x[b], "cpu", fmt)), data.train_y[b])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -48,19 +50,21 @@ def main() -> None:
     torch.set_num_threads(1)
     data = load_dataset(args.dataset)
     print(f"{args.model} on {args.dataset}, 1 thread, torch {torch.__version__}")
-    print(f"{'batch':>6} {'float ms/step':>14} {'W4A4 QAT ms/step':>17} {'ratio':>6}")
-    for bs in args.batch_sizes:
-        torch.manual_seed(0)
-        float_model = build_model(args.model, data)
-        fp = quantize_model(copy.deepcopy(float_model), QuantConfig(None, None))
-        qat = quantize_model(copy.deepcopy(float_model), QuantConfig(4, 4))
-        step_times(fp, data, bs, 5, 1), step_times(qat, data, bs, 5, 1)  # warm-up
-        t_fp, t_q = [], []
-        for _ in range(args.rounds):
-            t_fp += step_times(fp, data, bs, args.steps, 1)
-            t_q += step_times(qat, data, bs, args.steps, 1)
-        f, q = statistics.median(t_fp), statistics.median(t_q)
-        print(f"{bs:>6} {f * 1e3:>14.2f} {q * 1e3:>17.2f} {q / f:>6.3f}")
+    print(f"{'layout':>14} {'batch':>6} {'float ms/step':>14} {'W4A4 QAT ms/step':>17} {'QAT/float':>10}")
+    layouts = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+    for name, fmt in layouts.items():
+        for bs in args.batch_sizes:
+            torch.manual_seed(0)
+            float_model = build_model(args.model, data)
+            fp = quantize_model(copy.deepcopy(float_model), QuantConfig(None, None)).to(memory_format=fmt)
+            qat = quantize_model(copy.deepcopy(float_model), QuantConfig(4, 4)).to(memory_format=fmt)
+            step_times(fp, data, bs, 5, 1, fmt), step_times(qat, data, bs, 5, 1, fmt)  # warm-up
+            t_fp, t_q = [], []
+            for _ in range(args.rounds):
+                t_fp += step_times(fp, data, bs, args.steps, 1, fmt)
+                t_q += step_times(qat, data, bs, args.steps, 1, fmt)
+            f, q = statistics.median(t_fp), statistics.median(t_q)
+            print(f"{name:>14} {bs:>6} {f * 1e3:>14.2f} {q * 1e3:>17.2f} {q / f:>10.3f}")
 
 
 if __name__ == "__main__":

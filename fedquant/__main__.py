@@ -1,13 +1,15 @@
-"""``python -m fedquant [overrides]``: the Hydra command line."""
+"""``python -m fedquant [overrides]``: the Hydra command line (``-m`` for sweeps)."""
 
 from __future__ import annotations
 
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from fedquant.data import DatasetError
@@ -17,17 +19,33 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def _hydra_main(cfg: DictConfig) -> dict | None:
+def _hydra_main(cfg: DictConfig) -> float | None:
     from fedquant.app import run_experiment
 
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
     container = OmegaConf.to_container(cfg, resolve=True)
+    metric = container.pop("optimized_metric", None)  # set by conf/hparams_search/*
+    group = Path(hydra_cfg.sweep.dir).name if multirun else None
     try:
-        return run_experiment(container, HydraConfig.get().runtime.output_dir)
+        results = run_experiment(container, hydra_cfg.runtime.output_dir, group=group)
     except (ConfigError, DatasetError) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"error: {err}", file=sys.stderr)
+        if multirun:  # one bad job must not stop the sweep
+            return None
         sys.exit(2 if isinstance(err, ConfigError) else 1)
+    except Exception as err:  # noqa: BLE001 - in a sweep, report and go on to the next job
+        if not multirun:
+            raise
+        job = hydra_cfg.job.num
+        log = Path(hydra_cfg.runtime.output_dir) / "error.txt"
+        log.write_text(traceback.format_exc())
+        print(f"error: sweep job {job} ({' '.join(hydra_cfg.overrides.task)}) failed: "
+              f"{type(err).__name__}: {err}; traceback in {log}", file=sys.stderr)
+        return None
+    return results["final"][metric] if metric else None
 
 
 def main() -> None:

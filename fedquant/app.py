@@ -6,8 +6,6 @@ The only module (with ``__main__``) that knows Hydra's config objects and Flower
 from __future__ import annotations
 
 import copy
-import json
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,11 +16,13 @@ from flwr.serverapp import Grid, ServerApp
 from clients import ClientSetup, make_client_app
 from strategies import Profile, TrainingPlan, build_strategy
 
-from .bitwidths import parse_setting, parse_settings, setting_name
+from .bitwidths import parse_settings, setting_name
 from .evaluation import Evaluator
 from .protocol import transport_state
 from .simulation import run_flower_simulation
 from .tracking import ConsoleReporter
+from .tracking.plots import plot_accuracy_vs_bits, plot_accuracy_vs_round, plot_partition
+from .tracking.results import write_json, write_metrics_csv
 from .validation import validate
 from .workspace import DataSpec, ModelSpec, build_quantized_model, federated_data, select_device
 
@@ -40,15 +40,37 @@ def _train_config(client: Mapping) -> ConfigRecord:
     })
 
 
-def write_json(path: Path, obj: object) -> None:
-    """Write atomically: a temporary file beside ``path``, then rename."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+def _make_logger(cfg: Mapping, output_dir: Path, group: str | None):
+    log = cfg["logger"]
+    if log["name"] != "wandb":
+        return None
+    from .tracking.wandb_logger import WandbLogger
+
+    return WandbLogger(cfg, output_dir, mode=log.get("mode"), project=log.get("project", "fedquant"),
+                       group=log.get("group") or group, job_type=cfg["strategy"]["name"],
+                       entity=log.get("entity"), tags=list(log.get("tags") or []))
 
 
-def run_experiment(cfg: Mapping, output_dir: str | Path) -> dict:
-    """Run one federated experiment described by ``cfg`` (a plain mapping) and write results.json."""
+def write_outputs(results: dict, output_dir: Path, label_histogram) -> dict[str, Path]:
+    """results.json, metrics.csv and the PNG plots; returns the plots by name."""
+    write_json(output_dir / "results.json", results)
+    write_metrics_csv(output_dir / "metrics.csv", results)
+    c = results["config"]
+    name = f"{c['strategy']['name']} ({c['strategy']['sampling']}) on {c['dataset']['name']}"
+    return {
+        "accuracy_vs_bits": plot_accuracy_vs_bits(results["final"], output_dir / "accuracy_vs_bits.png",
+                                                  f"Final accuracy: {name}"),
+        "accuracy_vs_round": plot_accuracy_vs_round(results["rounds"], output_dir / "accuracy_vs_round.png",
+                                                    f"Accuracy per round: {name}"),
+        "partition": plot_partition(label_histogram, output_dir / "partition.png",
+                                    f"{c['partition']['name']} partition of {c['dataset']['name']} "
+                                    f"({c['num_clients']} clients)"),
+    }
+
+
+def run_experiment(cfg: Mapping, output_dir: str | Path, group: str | None = None) -> dict:
+    """Run one federated experiment described by ``cfg`` (a plain mapping); write results.json,
+    metrics.csv and plots to ``output_dir``; log to W&B when ``logger.name=wandb``."""
     validate(cfg)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -70,19 +92,23 @@ def run_experiment(cfg: Mapping, output_dir: str | Path) -> dict:
     strategy = build_strategy(strat["server"], plan, **strat["server_options"])
     num_rounds = cfg["num_rounds"]
     reporter = ConsoleReporter(num_rounds, quiet=cfg.get("quiet", False))
+    logger = _make_logger(cfg, output_dir, group)
     evals: dict[int, dict] = {}
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         report = strategy.reports.get(server_round)
-        loss = None
-        if report and report.clients:
-            n = sum(c.num_examples for c in report.clients)
-            loss = sum(c.loss * c.num_examples for c in report.clients) / n
+        loss = _mean_loss(report.clients) if report else None
         accuracies = None
         if server_round % ev["every"] == 0 or server_round == num_rounds:
             evals[server_round] = evaluator(arrays.to_torch_state_dict())
             accuracies = {k: v["accuracy"] for k, v in evals[server_round].items()}
         reporter.round_done(server_round, loss, len(report.failures) if report else 0, accuracies)
+        if logger is not None:
+            train = {"loss": loss, "failures": len(report.failures),
+                     "bits_used": _sum_bits(report.clients)} if report else None
+            per_profile = {p.name: {setting_name(s): accuracies[setting_name(s)] for s in p.settings}
+                           for p in profiles} if accuracies else None
+            logger.log_round(server_round, evals.get(server_round), train, per_profile)
         if accuracies is None:
             return None
         return MetricRecord({f"{k}/{m}": v[m] for k, v in evals[server_round].items() for m in ("accuracy", "loss")})
@@ -97,18 +123,36 @@ def run_experiment(cfg: Mapping, output_dir: str | Path) -> dict:
     client_app = make_client_app(ClientSetup(data_spec, model_spec, threads=max(1, int(sim["num_cpus_per_client"])),
                                              device=sim["device"]))
     start = time.perf_counter()
-    run_flower_simulation(server_app, client_app, cfg["clients_per_round"],
-                          num_cpus_per_client=sim["num_cpus_per_client"],
-                          num_gpus_per_client=sim["num_gpus_per_client"],
-                          ray_address=sim["ray_address"], verbose=sim["verbose"])
-    wall_time = time.perf_counter() - start
-
-    results = assemble_results(cfg, strategy.reports, evals, profiles, evaluator.model_bytes(), wall_time)
-    results["partition"] = {"sizes": [len(c) for c in fed.clients], "holdout": len(fed.holdout)}
-    write_json(output_dir / "results.json", results)
+    results = plots = None
+    try:
+        run_flower_simulation(server_app, client_app, cfg["clients_per_round"],
+                              num_cpus_per_client=sim["num_cpus_per_client"],
+                              num_gpus_per_client=sim["num_gpus_per_client"],
+                              ray_address=sim["ray_address"], verbose=sim["verbose"])
+        wall_time = time.perf_counter() - start
+        results = assemble_results(cfg, strategy.reports, evals, profiles, evaluator.model_bytes(), wall_time)
+        results["partition"] = {"sizes": [len(c) for c in fed.clients], "holdout": len(fed.holdout)}
+        plots = write_outputs(results, output_dir, fed.label_histogram())
+    finally:
+        if logger is not None:
+            logger.finish(results, plots, failed=results is None)
     names = [setting_name(s) for s in settings]
     reporter.final_table(results["rounds"], names, results["per_profile"], wall_time, str(output_dir))
     return results
+
+
+def _mean_loss(clients) -> float | None:
+    """Example-weighted mean of the clients' train losses (None without replies)."""
+    n = sum(c.num_examples for c in clients)
+    return sum(c.loss * c.num_examples for c in clients) / n if n else None
+
+
+def _sum_bits(clients) -> dict[str, int]:
+    bits: dict[str, int] = {}
+    for c in clients:
+        for k, v in c.bits_used.items():
+            bits[k] = bits.get(k, 0) + v
+    return dict(sorted(bits.items()))
 
 
 def assemble_results(cfg: Mapping, reports: dict, evals: dict[int, dict], profiles: list[Profile],
@@ -120,14 +164,9 @@ def assemble_results(cfg: Mapping, reports: dict, evals: dict[int, dict], profil
             entry["eval"] = evals[r]
         if r in reports:
             rep = reports[r]
-            n = sum(c.num_examples for c in rep.clients)
-            bits: dict[str, int] = {}
-            for c in rep.clients:
-                for k, v in c.bits_used.items():
-                    bits[k] = bits.get(k, 0) + v
             entry["train"] = {
-                "loss": sum(c.loss * c.num_examples for c in rep.clients) / n if n else None,
-                "bits_used": dict(sorted(bits.items())),
+                "loss": _mean_loss(rep.clients),
+                "bits_used": _sum_bits(rep.clients),
                 "failures": len(rep.failures),
                 "failure_reasons": rep.failures,
                 "clients": [vars(c) for c in rep.clients],
@@ -140,4 +179,4 @@ def assemble_results(cfg: Mapping, reports: dict, evals: dict[int, dict], profil
             "model_bytes": model_bytes, "wall_time_s": wall_time}
 
 
-__all__ = ["assemble_results", "parse_setting", "run_experiment", "write_json"]
+__all__ = ["assemble_results", "run_experiment", "write_outputs"]

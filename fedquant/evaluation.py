@@ -18,7 +18,7 @@ from .bitwidths import FLOAT, Setting, setting_name
 from .data import Dataset
 from .protocol import load_transport_state
 from .quant import calibrate, quant_layers, set_bitwidth
-from .training import accuracy
+from .training import accuracy, memory_format_for, to_input
 
 
 def model_bytes(model: nn.Module, setting: Setting) -> int:
@@ -46,13 +46,14 @@ class Evaluator:
     settings: list[Setting]
     estimator: str = "minmax"
     reestimate_bn: bool = True
-    batch_size: int = 1024
+    batch_size: int = 256  # faster than larger batches on CPU here (cache); see docs/benchmarks.md
     device: torch.device | str = "cpu"
 
     def __post_init__(self) -> None:
-        self.model = self.model.to(self.device)
+        fmt = memory_format_for(self.model)
+        self.model = self.model.to(self.device, memory_format=fmt)
         x = self.data.train_x[self.calibration]
-        self._calib = [self.data.normalize(x[i:i + 256].to(self.device)) for i in range(0, len(x), 256)]
+        self._calib = [to_input(self.data, x[i:i + 256], self.device, fmt) for i in range(0, len(x), 256)]
 
     def model_bytes(self) -> dict[str, int]:
         return {setting_name(s): model_bytes(self.model, s) for s in self.settings}

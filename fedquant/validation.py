@@ -18,6 +18,7 @@ from .quant.config import ESTIMATORS
 from .training import REGULARIZERS
 
 LOGGERS = ("none", "wandb")
+WANDB_MODES = ("online", "offline", "disabled")
 DEVICES = ("auto", "cpu", "cuda")
 _MISSING = object()
 
@@ -195,4 +196,7 @@ def validate(cfg: Mapping) -> None:
     address = _need(cfg, "simulation.ray_address")
     if address is not None and not isinstance(address, str):
         raise ConfigError(f"simulation.ray_address={address!r} is not valid: allowed is null, auto or host:port")
-    _choice(cfg, "logger.name", LOGGERS)
+    if _choice(cfg, "logger.name", LOGGERS) == "wandb":
+        mode = _get(cfg, "logger.mode")
+        if mode not in (_MISSING, None):
+            _choice(cfg, "logger.mode", WANDB_MODES)

@@ -1,0 +1,88 @@
+"""PNG plots for a run and for a sweep (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _bits_axis(settings: list[str]) -> list[str]:
+    return [s.upper() if s != "fp" else "FP32" for s in settings]
+
+
+def plot_accuracy_vs_bits(final: dict[str, float], path: Path, title: str) -> Path:
+    """Final test accuracy at each evaluation setting."""
+    settings = list(final)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(range(len(settings)), [100 * final[s] for s in settings], marker="o")
+    ax.set_xticks(range(len(settings)), _bits_axis(settings))
+    ax.set_xlabel("evaluation setting (weight / activation bits)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_round(rounds: list[dict], path: Path, title: str) -> Path:
+    """Test accuracy per evaluated round, one line per setting."""
+    evaluated = [r for r in rounds if "eval" in r]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for setting in evaluated[-1]["eval"]:
+        ax.plot([r["round"] for r in evaluated], [100 * r["eval"][setting]["accuracy"] for r in evaluated],
+                marker=".", label=_bits_axis([setting])[0])
+    ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.legend(title="setting", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_partition(histogram: np.ndarray, path: Path, title: str, max_clients: int = 100) -> Path:
+    """Stacked bars: samples of each class held by each client (the first ``max_clients``)."""
+    hist = np.asarray(histogram)[:max_clients]
+    fig, ax = plt.subplots(figsize=(max(6, 0.12 * len(hist)), 4))
+    bottom = np.zeros(len(hist))
+    cmap = plt.get_cmap("tab10" if hist.shape[1] <= 10 else "viridis", hist.shape[1])
+    for c in range(hist.shape[1]):
+        ax.bar(range(len(hist)), hist[:, c], bottom=bottom, color=cmap(c), width=0.9,
+               label=str(c) if hist.shape[1] <= 10 else None)
+        bottom += hist[:, c]
+    ax.set_xlabel("client")
+    ax.set_ylabel("training samples")
+    ax.set_title(title)
+    if hist.shape[1] <= 10:
+        ax.legend(title="class", fontsize=7, ncol=2, loc="upper right")
+    return _save(fig, path)
+
+
+def plot_methods_vs_bits(table: dict[str, dict[str, tuple[float, float]]], path: Path, title: str) -> Path:
+    """Mean +- std accuracy per setting, one line per method (a sweep's comparison)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    settings = list(next(iter(table.values())))
+    x = np.arange(len(settings))
+    for method, cells in table.items():
+        mean = [100 * cells[s][0] if s in cells else np.nan for s in settings]
+        std = [100 * cells[s][1] if s in cells else np.nan for s in settings]
+        ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=method)
+    ax.set_xticks(x, _bits_axis(settings))
+    ax.set_xlabel("evaluation setting (weight / activation bits)")
+    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

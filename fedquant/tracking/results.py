@@ -1,0 +1,39 @@
+"""Local result files: results.json and metrics.csv, written atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a temporary file beside ``path``, then rename: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: object) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2))
+
+
+def metrics_rows(results: dict) -> list[dict]:
+    """One row per evaluated round and setting: round, setting, accuracy, loss, train_loss."""
+    rows = []
+    for r in results["rounds"]:
+        train_loss = r.get("train", {}).get("loss")
+        for setting, m in r.get("eval", {}).items():
+            rows.append({"round": r["round"], "setting": setting, "accuracy": m["accuracy"], "loss": m["loss"],
+                         "train_loss": "" if train_loss is None else train_loss})
+    return rows
+
+
+def write_metrics_csv(path: Path, results: dict) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["round", "setting", "accuracy", "loss", "train_loss"])
+    writer.writeheader()
+    writer.writerows(metrics_rows(results))
+    write_text_atomic(path, buf.getvalue())

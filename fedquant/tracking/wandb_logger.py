@@ -1,0 +1,66 @@
+"""Weights & Biases logging from the server process only (offline by default, syncable later)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+MODES = ("online", "offline", "disabled")
+
+
+class WandbLogger:
+    """One W&B run per experiment: metrics per evaluated round, a final table and the plots.
+
+    ``mode=None`` picks ``online`` when ``WANDB_API_KEY`` is set, else ``offline`` (files under
+    ``<output_dir>/wandb``, uploaded later with ``wandb sync``). Always call :meth:`finish`.
+    """
+
+    def __init__(self, config: Mapping, output_dir: Path, *, mode: str | None, project: str,
+                 group: str | None, job_type: str, entity: str | None = None, tags: list | None = None) -> None:
+        import wandb
+
+        self.mode = mode or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+        os.environ.setdefault("WANDB_SILENT", "true")
+        self._wandb = wandb
+        self.run = wandb.init(project=project, entity=entity, group=group, job_type=job_type, tags=tags,
+                              config=dict(config), mode=self.mode, dir=str(output_dir),
+                              reinit="finish_previous")
+
+    def log_round(self, server_round: int, evals: dict | None, train: dict | None,
+                  per_profile: dict[str, dict[str, float]] | None = None) -> None:
+        data: dict[str, float] = {}
+        for setting, metrics in (evals or {}).items():
+            for name, value in metrics.items():
+                data[f"eval/{setting}/{name}"] = value
+        if train:
+            if train.get("loss") is not None:
+                data["train/loss"] = train["loss"]
+            data["train/failures"] = train.get("failures", 0)
+            for setting, steps in train.get("bits_used", {}).items():
+                data[f"train/bits_used/{setting}"] = steps
+        for profile, accs in (per_profile or {}).items():
+            for setting, acc in accs.items():
+                data[f"profile/{profile}/{setting}/accuracy"] = acc
+        if data:
+            self.run.log(data, step=server_round)
+
+    def finish(self, results: dict | None = None, plots: dict[str, Path] | None = None, failed: bool = False) -> None:
+        """Log the final accuracy matrix and the plots (when given), then close the run."""
+        wandb = self._wandb
+        try:
+            if results is not None:
+                final_round = max(r["round"] for r in results["rounds"] if "eval" in r)
+                evals = next(r["eval"] for r in results["rounds"] if r["round"] == final_round)
+                table = wandb.Table(columns=["setting", "accuracy", "loss", "model_bytes"],
+                                    data=[[s, m["accuracy"], m["loss"], results["model_bytes"].get(s)]
+                                          for s, m in evals.items()])
+                media: dict = {"final/accuracy_matrix": table}
+                media.update({f"plots/{name}": wandb.Image(str(path)) for name, path in (plots or {}).items()})
+                self.run.log(media)
+                self.run.summary.update({f"final/{k}": v for k, v in results["final"].items()})
+        finally:
+            directory = Path(self.run.dir).parent
+            self.run.finish(exit_code=1 if failed else 0)
+            if self.mode == "offline":
+                print(f"W&B offline run saved; upload it with: wandb sync {directory}")
