@@ -1,0 +1,111 @@
+"""``python -m fedquant.report <sweep dir>``: one comparison table and plot for a Hydra sweep.
+
+Jobs are grouped into methods by their Hydra overrides (those that differ between jobs, seed
+excluded); each cell is the mean +- sample standard deviation over a method's seeds of the final
+test accuracy at one evaluation setting. Writes report.md, report.csv and report.png in the sweep
+directory (or ``--out``) and prints the Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import yaml
+
+from .tracking.plots import plot_methods_vs_bits
+from .tracking.results import write_text_atomic
+
+
+def _overrides(job_dir: Path) -> list[str]:
+    path = job_dir / ".hydra" / "overrides.yaml"
+    return [str(o) for o in yaml.safe_load(path.read_text()) or []] if path.is_file() else []
+
+
+def collect(sweep_dir: Path) -> tuple[dict[str, list[dict]], list[Path]]:
+    """Final results grouped by method label; and the job folders that have no results.json."""
+    job_dirs = sorted({p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")} |
+                      {p.parent for p in sweep_dir.rglob("results.json")})
+    overrides = {d: [o for o in _overrides(d) if not o.split("=")[0].lstrip("+").startswith(("seed", "hydra."))]
+                 for d in job_dirs}
+    shared = set.intersection(*(set(o) for o in overrides.values())) if overrides else set()
+    methods: dict[str, list[dict]] = {}
+    missing = []
+    for d in job_dirs:
+        path = d / "results.json"
+        if not path.is_file():
+            missing.append(d)
+            continue
+        results = json.loads(path.read_text())
+        label = ", ".join(o for o in overrides[d] if o not in shared) or results["config"]["strategy"]["name"]
+        methods.setdefault(label, []).append(results)
+    return methods, missing
+
+
+def summarize(methods: dict[str, list[dict]]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """method -> setting -> (mean, std, number of seeds)."""
+    table = {}
+    for method, runs in methods.items():
+        cells = {}
+        for setting in runs[0]["final"]:
+            values = [r["final"][setting] for r in runs if setting in r["final"]]
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells[setting] = (statistics.fmean(values), std, len(values))
+        table[method] = cells
+    return table
+
+
+def to_markdown(table: dict, settings: list[str]) -> str:
+    lines = ["| method | seeds | " + " | ".join(settings) + " |", "|---|---|" + "---|" * len(settings)]
+    for method, cells in table.items():
+        n = max(c[2] for c in cells.values())
+        row = [f"{100 * cells[s][0]:.2f} ± {100 * cells[s][1]:.2f}" if s in cells else "" for s in settings]
+        lines.append(f"| {method} | {n} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table: dict) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["method", "setting", "mean_accuracy", "std_accuracy", "seeds"])
+    for method, cells in table.items():
+        for setting, (mean, std, n) in cells.items():
+            writer.writerow([method, setting, mean, std, n])
+    return buf.getvalue()
+
+
+def make_report(sweep_dir: Path, out: Path | None = None) -> str:
+    methods, missing = collect(sweep_dir)
+    if not methods:
+        raise SystemExit(f"error: no results.json under {sweep_dir}: pass the directory of a finished sweep (multirun/<date>/<time>)")
+    out = out or sweep_dir
+    out.mkdir(parents=True, exist_ok=True)
+    table = summarize(methods)
+    settings = list(dict.fromkeys(s for cells in table.values() for s in cells))
+    markdown = to_markdown(table, settings)
+    if missing:
+        markdown += "\nJobs without results (failed or unfinished): " + ", ".join(str(m) for m in missing) + "\n"
+    write_text_atomic(out / "report.md", markdown)
+    write_text_atomic(out / "report.csv", to_csv(table))
+    plot_methods_vs_bits({m: {s: c[:2] for s, c in cells.items()} for m, cells in table.items()},
+                         out / "report.png", f"Final accuracy vs bit-width ({sweep_dir.name})")
+    return markdown
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m fedquant.report", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun directory")
+    parser.add_argument("--out", type=Path, default=None, help="where to write report.* (default: sweep_dir)")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        raise SystemExit(f"error: {args.sweep_dir} is not a directory: pass a multirun/<date>/<time> folder")
+    sys.stdout.write(make_report(args.sweep_dir, args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Local results, plots, W&B offline run files and the sweep report, from real small runs."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedquant.app import run_experiment
+from tests.helpers import TINY, make_config
+from tests.wandb_records import read_records
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def wandb_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wb")
+    cfg = make_config(*TINY, "logger=wandb", "logger.mode=offline", "eval.settings=[fp,w4a4]",
+                      "strategy.profiles=[{name: npu8, share: 1.0, bits: [8]}]")
+    results = run_experiment(cfg, out, group="sweep-x")
+    return out, results
+
+
+def test_results_files_are_consistent(wandb_run):
+    out, results = wandb_run
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["final"] == results["final"]
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert len(rows) == 3 * 3  # rounds 0..2 x settings fp, w4a4, w8a8
+    for r in on_disk["rounds"]:
+        for setting, m in r["eval"].items():
+            row = next(x for x in rows if int(x["round"]) == r["round"] and x["setting"] == setting)
+            assert float(row["accuracy"]) == m["accuracy"] and float(row["loss"]) == m["loss"]
+    for png in ("accuracy_vs_bits.png", "accuracy_vs_round.png", "partition.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / png).stat().st_size > 10_000
+
+
+def test_offline_wandb_run_holds_metrics_and_config(wandb_run):
+    out, results = wandb_run
+    files = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    records = read_records(files[0])
+    run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    assert run.run_group == "sweep-x" and run.job_type == "qafedavg"
+    config = {item.key: json.loads(item.value_json) for r in records if r.WhichOneof("record_type") in ("run", "config")
+              for item in (r.run.config.update if r.WhichOneof("record_type") == "run" else r.config.update)}
+    assert config["num_clients"] == 6 and config["strategy"]["name"] == "qafedavg"
+    history = [{i.nested_key[0] if i.nested_key else i.key: i.value_json for i in r.history.item}
+               for r in records if r.WhichOneof("record_type") == "history"]
+    keys = set().union(*history)
+    for expected in ("eval/fp/accuracy", "eval/w4a4/loss", "eval/w8a8/accuracy", "train/loss",
+                     "profile/npu8/w8a8/accuracy", "final/accuracy_matrix", "plots/accuracy_vs_bits"):
+        assert any(k == expected or k.startswith(expected) for k in keys), expected
+    assert any(k.startswith("train/bits_used/w8a8") for k in keys)
+    last_fp = [json.loads(h["eval/fp/accuracy"]) for h in history if "eval/fp/accuracy" in h][-1]
+    assert last_fp == pytest.approx(results["final"]["fp"])
+
+
+def test_report_on_a_real_multirun(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedquant", "-m", *TINY, "num_rounds=1", "eval.settings=[fp,w4a4]",
+         "strategy=fedavg,qafedavg", "clients_per_round=3,7", f"hydra.sweep.dir={sweep}"],
+        capture_output=True, text=True, cwd=ROOT, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # clients_per_round=7 > num_clients=6: those two jobs fail with one line each, the others run
+    assert proc.stderr.count("error: clients_per_round=7 is not valid") == 2
+    assert len(list(sweep.glob("*/results.json"))) == 2
+    report = subprocess.run([sys.executable, "-m", "fedquant.report", str(sweep)], capture_output=True,
+                            text=True, cwd=ROOT, timeout=120)
+    assert report.returncode == 0, report.stderr
+    lines = report.stdout.strip().splitlines()
+    assert lines[0] == "| method | seeds | fp | w4a4 |"
+    table = [line for line in lines[2:] if line.startswith("|")]
+    labels = {frozenset(line.split(" | ")[0].lstrip("| ").split(", ")) for line in table}
+    assert labels == {frozenset({"strategy=fedavg", "clients_per_round=3"}),
+                      frozenset({"strategy=qafedavg", "clients_per_round=3"})}
+    assert "Jobs without results" in report.stdout
+    finals = {json.loads(p.read_text())["config"]["strategy"]["name"]: json.loads(p.read_text())["final"]
+              for p in sweep.glob("*/results.json")}
+    row = next(line for line in table if "strategy=fedavg" in line.split(" | ")[0])
+    assert f"{100 * finals['fedavg']['w4a4']:.2f} ± 0.00" in row
+    assert (sweep / "report.csv").is_file() and (sweep / "report.png").stat().st_size > 10_000
