@@ -10,7 +10,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedquant import protocol as P
-from fedquant.bitwidths import BitSampler, parse_setting
+from fedquant.bitwidths import parse_setting, setting_source
 from fedquant.training import TrainConfig, train_local
 from fedquant.workspace import (
     DataSpec,
@@ -54,9 +54,7 @@ def handle_train(setup: ClientSetup, msg: Message) -> Message:
     device = next(model.parameters()).device
     P.load_transport_state(model, msg.content.array_records[P.ARRAYS].to_torch_state_dict())
     client, seed = int(cfg[P.PARTITION]), int(cfg[P.SEED])
-    settings = [parse_setting(s) for s in cfg[P.SETTINGS]]
-    fixed = settings[0]
-    next_setting = BitSampler(settings, [seed, 7]) if cfg[P.SAMPLING] == "per_step" else (lambda: fixed)
+    next_setting = setting_source(str(cfg[P.SAMPLING]), [parse_setting(s) for s in cfg[P.SETTINGS]], seed)
     result = train_local(model, fed.data, fed.clients[client], train_config(cfg), next_setting, seed, device)
     if not torch.isfinite(torch.tensor(result.loss)):
         raise FloatingPointError(f"client {client}: training loss became {result.loss}")

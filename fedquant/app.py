@@ -71,6 +71,7 @@ def write_outputs(results: dict, output_dir: Path, label_histogram) -> dict[str,
 def run_experiment(cfg: Mapping, output_dir: str | Path, group: str | None = None) -> dict:
     """Run one federated experiment described by ``cfg`` (a plain mapping); write results.json,
     metrics.csv and plots to ``output_dir``; log to W&B when ``logger.name=wandb``."""
+    started = time.perf_counter()
     validate(cfg)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -94,15 +95,24 @@ def run_experiment(cfg: Mapping, output_dir: str | Path, group: str | None = Non
     reporter = ConsoleReporter(num_rounds, quiet=cfg.get("quiet", False))
     logger = _make_logger(cfg, output_dir, group)
     evals: dict[int, dict] = {}
+    timing = {"round_s": {}, "eval_s": {}, "last": None}
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        now = time.perf_counter()
+        if server_round >= 1:  # training time of this round: since the previous evaluate_fn returned
+            timing["round_s"][server_round] = now - timing["last"]
+            if server_round == 1:
+                timing["to_round1_end_s"] = now - started
         report = strategy.reports.get(server_round)
         loss = _mean_loss(report.clients) if report else None
         accuracies = None
-        if server_round % ev["every"] == 0 or server_round == num_rounds:
+        due = server_round % ev["every"] == 0 if server_round else ev.get("initial", True)
+        if due or server_round == num_rounds:
             evals[server_round] = evaluator(arrays.to_torch_state_dict())
             accuracies = {k: v["accuracy"] for k, v in evals[server_round].items()}
+            timing["eval_s"][server_round] = time.perf_counter() - now
         reporter.round_done(server_round, loss, len(report.failures) if report else 0, accuracies)
+        timing["last"] = time.perf_counter()
         if logger is not None:
             train = {"loss": loss, "failures": len(report.failures),
                      "bits_used": _sum_bits(report.clients)} if report else None
@@ -132,6 +142,9 @@ def run_experiment(cfg: Mapping, output_dir: str | Path, group: str | None = Non
         wall_time = time.perf_counter() - start
         results = assemble_results(cfg, strategy.reports, evals, profiles, evaluator.model_bytes(), wall_time)
         results["partition"] = {"sizes": [len(c) for c in fed.clients], "holdout": len(fed.holdout)}
+        results["timing"] = {"to_round1_end_s": timing.get("to_round1_end_s"),
+                             "round_s": list(timing["round_s"].values()),
+                             "eval_s": {str(r): t for r, t in timing["eval_s"].items()}}
         plots = write_outputs(results, output_dir, fed.label_histogram())
     finally:
         if logger is not None:

@@ -62,6 +62,15 @@ def encode(settings: list[Setting]) -> list[str]:
     return [setting_name(s) for s in settings]
 
 
+def setting_source(sampling: str, settings: list[Setting], seed: int):
+    """What a client calls before every step: a seeded draw from ``settings`` for ``per_step``,
+    else the one setting it was sent."""
+    if sampling == "per_step":
+        return BitSampler(settings, [seed, 7])
+    fixed = settings[0]
+    return lambda: fixed
+
+
 class BitSampler:
     """Draws settings uniformly from a set with its own seeded generator (reproducible anywhere)."""
 

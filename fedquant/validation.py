@@ -178,8 +178,9 @@ def validate(cfg: Mapping) -> None:
     _wrap("eval.settings", parse_settings, _need(cfg, "eval.settings"), "eval.settings")
     _int(cfg, "eval.every", 1)
     _choice(cfg, "eval.estimator", ESTIMATORS)
-    if not isinstance(_need(cfg, "eval.reestimate_bn"), bool):
-        raise ConfigError(f"eval.reestimate_bn={_get(cfg, 'eval.reestimate_bn')!r} is not valid: allowed are true, false")
+    for key in ("eval.reestimate_bn", "eval.initial"):
+        if not isinstance(_need(cfg, key), bool):
+            raise ConfigError(f"{key}={_get(cfg, key)!r} is not valid: allowed are true, false")
     _int(cfg, "eval.batch_size", 1)
 
     quant = _need(cfg, "quantization")

@@ -1,0 +1,51 @@
+"""Server evaluation of six settings (with calibration) against one float evaluation.
+
+Same model, same test set, same Evaluator; medians over repeats, alternating the two.
+
+    python benchmarks/eval_cost.py            # Fashion-MNIST CNN, 1,024 calibration images
+    python benchmarks/eval_cost.py --tiny     # digits MLP (used by the tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from fedquant.bitwidths import parse_settings
+from fedquant.evaluation import Evaluator
+from fedquant.protocol import transport_state
+from fedquant.workspace import DataSpec, ModelSpec, build_quantized_model, federated_data
+
+SIX = ["fp", "w8a8", "w6a6", "w4a4", "w3a3", "w2a2"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--estimator", default="minmax", choices=["minmax", "mse"])
+    args = parser.parse_args()
+    name, model, holdout = ("digits", "mlp", 256) if args.tiny else ("fmnist", "cnn", 1024)
+    fed = federated_data(DataSpec(name, None, "iid", (), 10, holdout, 0))
+    net = build_quantized_model(ModelSpec(model, (), ()), fed.data)
+    state = transport_state(net)
+    make = lambda settings: Evaluator(build_quantized_model(ModelSpec(model, (), ()), fed.data), fed.data,  # noqa: E731
+                                      fed.holdout, parse_settings(settings, "s"), args.estimator)
+    float_eval, six_eval = make(["fp"]), make(SIX)
+    float_eval(state), six_eval(state)  # warm-up
+    t_fp, t_six = [], []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        float_eval(state)
+        t_fp.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        six_eval(state)
+        t_six.append(time.perf_counter() - t)
+    fp, six = statistics.median(t_fp), statistics.median(t_six)
+    print(f"{name} {model}: test set {len(fed.data.test_y)}, calibration {len(fed.holdout)} images, estimator {args.estimator}")
+    print(f"one float evaluation {fp:.2f} s; six settings {six:.2f} s; ratio {six / fp:.2f}")
+
+
+if __name__ == "__main__":
+    main()

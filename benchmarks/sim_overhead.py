@@ -1,0 +1,108 @@
+"""fedquant's Flower+Ray simulation against a plain sequential PyTorch FedAvg loop, side by side.
+
+Same workload for both: the same partitions, model, sampled clients, per-step bit-widths, local
+steps (fedquant.training.train_local) and example-weighted averaging. The plain loop is the
+physical limit of the local training in one process (all cores as intra-op threads); fedquant runs
+it through Flower's simulation engine on Ray (``simulation.num_cpus_per_client`` per worker).
+Prints steady-state seconds per round (median of rounds 2..R, no evaluation inside) and the time
+from start to the end of round 1, for both, and their ratio.
+
+    python benchmarks/sim_overhead.py                      # Fashion-MNIST CNN, 100 clients, 10/round
+    python benchmarks/sim_overhead.py --rounds 3 --tiny    # digits MLP, seconds (used by the tests)
+    python benchmarks/sim_overhead.py --gpus-per-client 0.25   # on a GPU machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+
+from benchmarks.common import make_config
+from fedquant.app import _partition_params, run_experiment
+from fedquant.bitwidths import parse_setting, parse_settings, setting_source
+from fedquant.protocol import load_transport_state, transport_state
+from fedquant.training import TrainConfig, train_local
+from fedquant.workspace import (
+    DataSpec,
+    ModelSpec,
+    build_quantized_model,
+    federated_data,
+    select_device,
+)
+from strategies import TrainingPlan
+
+
+def plain_fedavg(cfg: dict) -> tuple[list[float], float]:
+    """Sequential FedAvg in one process; returns (seconds per round, seconds to the end of round 1)."""
+    start = time.perf_counter()
+    spec = DataSpec(cfg["dataset"]["name"], cfg["dataset"]["root"], cfg["partition"]["name"],
+                    _partition_params(cfg["partition"]), cfg["num_clients"], cfg["dataset"]["holdout"], cfg["seed"])
+    federated_data.cache_clear()
+    fed = federated_data(spec)
+    model_spec = ModelSpec(cfg["model"]["name"], tuple(sorted(cfg["model"]["options"].items())),
+                           tuple(sorted(cfg["quantization"].items())))
+    device = select_device(cfg["simulation"]["device"])
+    model = build_quantized_model(model_spec, fed.data, seed=cfg["seed"]).to(device)
+    s = cfg["strategy"]
+    plan = TrainingPlan(s["name"], s["sampling"], parse_settings(s["bits"], "bits"), cfg["num_clients"],
+                        cfg["clients_per_round"], cfg["seed"], [])
+    c = cfg["client"]
+    train_cfg = TrainConfig(c["local_epochs"], c["batch_size"], c["lr"], c["momentum"], c["weight_decay"])
+    global_state = {k: v.clone() for k, v in transport_state(model).items()}
+    times, first = [], None
+    for r in range(1, cfg["num_rounds"] + 1):
+        t = time.perf_counter()
+        total, acc = 0, {k: torch.zeros_like(v) for k, v in global_state.items()}
+        for client in plan.sample_clients(r):
+            load_transport_state(model, global_state)
+            sampling, settings = plan.assignment(r, client)
+            seed = plan.client_seed(r, client)
+            res = train_local(model, fed.data, fed.clients[client], train_cfg,
+                              setting_source(sampling, [parse_setting(x) for x in settings], seed), seed, device)
+            for k, v in transport_state(model).items():
+                acc[k] += v * res.num_examples
+            total += res.num_examples
+        global_state = {k: v / total for k, v in acc.items()}
+        now = time.perf_counter()
+        times.append(now - t)
+        first = first or now - start
+    return times, first
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--tiny", action="store_true", help="digits MLP, 6 clients, 3 per round")
+    parser.add_argument("--gpus-per-client", type=float, default=0.0)
+    args = parser.parse_args()
+    if args.tiny:
+        overrides = ["num_clients=6", "clients_per_round=3", "client.local_epochs=1"]
+    else:
+        overrides = ["+experiment=fmnist_qafedavg", "partition=dirichlet"]
+    overrides += [f"num_rounds={args.rounds}", "strategy.sampling=per_step", "eval.initial=false",
+                  f"eval.every={args.rounds + 1}", "eval.settings=[fp]", "quiet=true",
+                  f"simulation.num_gpus_per_client={args.gpus_per_client}"]
+    cfg = make_config(*overrides)
+    print(f"workload: {cfg['dataset']['name']} {cfg['model']['name']}, {cfg['num_clients']} clients, "
+          f"{cfg['clients_per_round']} per round, {cfg['client']['local_epochs']} local epoch(s), "
+          f"bits per step from {cfg['strategy']['bits']}, {args.rounds} rounds, device {select_device('auto')}")
+
+    plain, plain_first = plain_fedavg(cfg)
+    with tempfile.TemporaryDirectory() as out:
+        federated_data.cache_clear()
+        results = run_experiment(cfg, out)
+    sim = results["timing"]["round_s"]
+    p_steady, s_steady = statistics.median(plain[1:]), statistics.median(sim[1:])
+    print(f"plain PyTorch loop (1 process, {torch.get_num_threads()} threads): "
+          f"{p_steady:.2f} s/round steady, round 1 ends at {plain_first:.1f} s")
+    print(f"fedquant (Flower + Ray, {cfg['simulation']['num_cpus_per_client']} CPU per worker): "
+          f"{s_steady:.2f} s/round steady, round 1 ends at {results['timing']['to_round1_end_s']:.1f} s")
+    print(f"ratio fedquant/plain (steady state): {s_steady / p_steady:.2f}")
+
+
+if __name__ == "__main__":
+    main()
