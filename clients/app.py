@@ -21,6 +21,10 @@ from fedquant.workspace import (
 )
 
 
+class InjectedFailure(RuntimeError):
+    """Raised on purpose when the server asks for a simulated client fault."""
+
+
 @dataclass(frozen=True)
 class ClientSetup:
     """Everything a worker needs to rebuild the experiment (picklable, hashable)."""
@@ -54,11 +58,16 @@ def handle_train(setup: ClientSetup, msg: Message) -> Message:
     device = next(model.parameters()).device
     P.load_transport_state(model, msg.content.array_records[P.ARRAYS].to_torch_state_dict())
     client, seed = int(cfg[P.PARTITION]), int(cfg[P.SEED])
+    if cfg.get(P.INJECT_FAILURE, False):
+        raise InjectedFailure(f"client {client}: injected failure (faults.client_failure_rate)")
     next_setting = setting_source(str(cfg[P.SAMPLING]), [parse_setting(s) for s in cfg[P.SETTINGS]], seed)
-    result = train_local(model, fed.data, fed.clients[client], train_config(cfg), next_setting, seed, device)
-    if not torch.isfinite(torch.tensor(result.loss)):
-        raise FloatingPointError(f"client {client}: training loss became {result.loss}")
+    try:
+        result = train_local(model, fed.data, fed.clients[client], train_config(cfg), next_setting, seed, device)
+    except Exception as err:
+        raise RuntimeError(f"client {client}: {type(err).__name__}: {err}") from err
     state = {k: v.cpu() for k, v in P.transport_state(model).items()}
+    if cfg.get(P.INJECT_NAN, False):
+        state = {k: torch.full_like(v, float("nan")) for k, v in state.items()}
     metrics = MetricRecord({P.NUM_EXAMPLES: result.num_examples, P.TRAIN_LOSS: result.loss,
                             P.PARTITION: client, P.BITS_HIST: P.encode_bits(result.bits_used)})
     return Message(RecordDict({P.ARRAYS: ArrayRecord(state), P.METRICS: metrics}), reply_to=msg)

@@ -12,8 +12,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from fedquant.checkpoint import CheckpointError
 from fedquant.data import DatasetError
 from fedquant.validation import ConfigError
+from strategies import DivergenceError, TooFewReplies
+
+# errors that end a run with one line (exit 1; config errors exit 2) instead of a traceback
+RUN_ERRORS = (ConfigError, DatasetError, CheckpointError, DivergenceError, TooFewReplies)
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -29,7 +34,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     group = Path(hydra_cfg.sweep.dir).name if multirun else None
     try:
         results = run_experiment(container, hydra_cfg.runtime.output_dir, group=group)
-    except (ConfigError, DatasetError) as err:
+    except RUN_ERRORS as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"error: {err}", file=sys.stderr)

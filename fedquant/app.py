@@ -14,9 +14,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from clients import ClientSetup, make_client_app
-from strategies import Profile, TrainingPlan, build_strategy
+from strategies import Profile, RoundReport, TrainingPlan, build_strategy
 
 from .bitwidths import parse_settings, setting_name
+from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint
 from .evaluation import Evaluator
 from .protocol import transport_state
 from .simulation import run_flower_simulation
@@ -68,13 +69,39 @@ def write_outputs(results: dict, output_dir: Path, label_histogram) -> dict[str,
     }
 
 
-def run_experiment(cfg: Mapping, output_dir: str | Path, group: str | None = None) -> dict:
+# keys that may change between a checkpointed run and its resumption
+RESUMABLE_CHANGES = ("resume", "resume_from", "quiet", "logger", "simulation", "checkpoint", "num_rounds", "faults")
+
+
+def _load_resume(cfg: Mapping, output_dir: Path, runs_root: Path | None) -> dict | None:
+    if not (cfg.get("resume") or cfg.get("resume_from")):
+        return None
+    path = find_checkpoint(cfg.get("resume_from"), runs_root or output_dir.parent.parent, exclude=output_dir)
+    ckpt = load_checkpoint(path)
+    old = ckpt["config"]
+    for key in sorted(set(old) | set(cfg)):
+        if key not in RESUMABLE_CHANGES and old.get(key) != cfg.get(key):
+            raise CheckpointError(f"{path} was written by a run with a different config: {key} was "
+                                  f"{old.get(key)!r}, now {cfg.get(key)!r}; resume with the same settings")
+    if ckpt["round"] > cfg["num_rounds"]:
+        raise CheckpointError(f"{path} is at round {ckpt['round']}, beyond num_rounds={cfg['num_rounds']}")
+    ckpt["path"] = str(path)
+    return ckpt
+
+
+def run_experiment(cfg: Mapping, output_dir: str | Path, group: str | None = None,
+                   runs_root: Path | None = None) -> dict:
     """Run one federated experiment described by ``cfg`` (a plain mapping); write results.json,
-    metrics.csv and plots to ``output_dir``; log to W&B when ``logger.name=wandb``."""
+    metrics.csv and plots to ``output_dir``; log to W&B when ``logger.name=wandb``.
+
+    With ``resume=true`` (the newest checkpoint under ``runs_root``, Hydra's output root) or
+    ``resume_from=<checkpoint or run dir>`` it continues that run exactly where it stopped.
+    """
     started = time.perf_counter()
     validate(cfg)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    resumed = _load_resume(cfg, output_dir, runs_root)
     strat, ev, sim = cfg["strategy"], cfg["eval"], cfg["simulation"]
     data_spec = DataSpec(cfg["dataset"]["name"], cfg["dataset"]["root"], cfg["partition"]["name"],
                          _partition_params(cfg["partition"]), cfg["num_clients"], cfg["dataset"]["holdout"], cfg["seed"])
@@ -84,22 +111,44 @@ def run_experiment(cfg: Mapping, output_dir: str | Path, group: str | None = Non
 
     profiles = [Profile(p["name"], float(p["share"]), tuple(p["bits"])) for p in strat["profiles"]]
     plan = TrainingPlan(strat["name"], strat["sampling"], parse_settings(strat["bits"], "strategy.bits"),
-                        cfg["num_clients"], cfg["clients_per_round"], cfg["seed"], profiles)
+                        cfg["num_clients"], cfg["clients_per_round"], cfg["seed"], profiles,
+                        failure_rate=cfg["faults"]["client_failure_rate"], nan_rate=cfg["faults"]["nan_client_rate"])
     settings = parse_settings(ev["settings"], "eval.settings")
     settings += [s for p in profiles for s in p.settings if s not in settings]  # every profile's deployment
     model = build_quantized_model(model_spec, fed.data, seed=cfg["seed"])
     evaluator = Evaluator(copy.deepcopy(model), fed.data, fed.holdout, settings, ev["estimator"],
                           ev["reestimate_bn"], ev["batch_size"], select_device(sim["device"]))
-    strategy = build_strategy(strat["server"], plan, **strat["server_options"])
+    strategy = build_strategy(strat["server"], plan, min_replies=strat["min_replies"],
+                              on_too_few=strat["on_too_few_replies"], max_retries=strat["max_retries"],
+                              **strat["server_options"])
     num_rounds = cfg["num_rounds"]
     reporter = ConsoleReporter(num_rounds, quiet=cfg.get("quiet", False))
-    logger = _make_logger(cfg, output_dir, group)
     evals: dict[int, dict] = {}
     timing = {"round_s": {}, "eval_s": {}, "last": None}
+    initial_state = transport_state(model)
+    if resumed:
+        strategy.round_offset = resumed["round"]
+        strategy.load_server_state(resumed["server_state"])
+        strategy.reports.update({int(r): RoundReport.from_dict(d) for r, d in resumed["reports"].items()})
+        evals.update({int(r): e for r, e in resumed["evals"].items()})
+        initial_state = resumed["arrays"]
+        print(f"resuming {resumed['path']} after round {resumed['round']}")
+    ckpt = cfg["checkpoint"]
+    logger = _make_logger(cfg, output_dir, group)
 
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+    def save(server_round: int, arrays: ArrayRecord) -> None:
+        save_checkpoint(output_dir, server_round, {
+            "arrays": arrays.to_torch_state_dict(), "server_state": strategy.server_state(),
+            "reports": {str(r): rep.to_dict() for r, rep in strategy.reports.items()},
+            "evals": {str(r): e for r, e in evals.items()}, "config": cfg}, keep=ckpt["keep"])
+
+    def evaluate_fn(flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         now = time.perf_counter()
-        if server_round >= 1:  # training time of this round: since the previous evaluate_fn returned
+        server_round = flower_round + strategy.round_offset
+        if flower_round == 0 and resumed:  # the restored model was evaluated before the stop
+            timing["last"] = time.perf_counter()
+            return None
+        if flower_round >= 1:  # training time of this round: since the previous evaluate_fn returned
             timing["round_s"][server_round] = now - timing["last"]
             if server_round == 1:
                 timing["to_round1_end_s"] = now - started
@@ -112,6 +161,8 @@ def run_experiment(cfg: Mapping, output_dir: str | Path, group: str | None = Non
             accuracies = {k: v["accuracy"] for k, v in evals[server_round].items()}
             timing["eval_s"][server_round] = time.perf_counter() - now
         reporter.round_done(server_round, loss, len(report.failures) if report else 0, accuracies)
+        if server_round and ckpt["every"] and (server_round % ckpt["every"] == 0 or server_round == num_rounds):
+            save(server_round, arrays)
         timing["last"] = time.perf_counter()
         if logger is not None:
             train = {"loss": loss, "failures": len(report.failures),
@@ -127,7 +178,8 @@ def run_experiment(cfg: Mapping, output_dir: str | Path, group: str | None = Non
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:  # noqa: ARG001 - Flower's signature
-        strategy.start(grid=grid, initial_arrays=ArrayRecord(transport_state(model)), num_rounds=num_rounds,
+        strategy.start(grid=grid, initial_arrays=ArrayRecord(initial_state),
+                       num_rounds=num_rounds - strategy.round_offset,
                        train_config=_train_config(cfg["client"]), evaluate_fn=evaluate_fn)
 
     client_app = make_client_app(ClientSetup(data_spec, model_spec, threads=max(1, int(sim["num_cpus_per_client"])),
@@ -142,6 +194,8 @@ def run_experiment(cfg: Mapping, output_dir: str | Path, group: str | None = Non
         wall_time = time.perf_counter() - start
         results = assemble_results(cfg, strategy.reports, evals, profiles, evaluator.model_bytes(), wall_time)
         results["partition"] = {"sizes": [len(c) for c in fed.clients], "holdout": len(fed.holdout)}
+        if resumed:
+            results["resumed_from"] = {"checkpoint": resumed["path"], "round": resumed["round"]}
         results["timing"] = {"to_round1_end_s": timing.get("to_round1_end_s"),
                              "round_s": list(timing["round_s"].values()),
                              "eval_s": {str(r): t for r, t in timing["eval_s"].items()}}
@@ -182,6 +236,7 @@ def assemble_results(cfg: Mapping, reports: dict, evals: dict[int, dict], profil
                 "bits_used": _sum_bits(rep.clients),
                 "failures": len(rep.failures),
                 "failure_reasons": rep.failures,
+                "retries": rep.retries,
                 "clients": [vars(c) for c in rep.clients],
             }
         rounds.append(entry)

@@ -20,6 +20,8 @@ SETTINGS = "settings"  # list[str]: the settings to train at (sampled per step o
 SAMPLING = "sampling"  # per_step | per_round | fixed
 SEED = "seed"
 PROXIMAL_MU = "proximal-mu"  # set by Flower's FedProx
+INJECT_FAILURE = "inject-failure"  # simulation-only fault injection: the client raises
+INJECT_NAN = "inject-nan"  # simulation-only fault injection: the client replies with NaN weights
 
 # reply metrics (identical key set in every reply, as Flower's aggregation requires)
 NUM_EXAMPLES = "num-examples"

@@ -13,11 +13,15 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
 
-class _KnownDeprecation(logging.Filter):
-    """Drop Flower's run_simulation deprecation notice: acknowledged in this module's docstring."""
+class _KnownNoise(logging.Filter):
+    """Drop Flower's run_simulation deprecation notice (acknowledged in this module's docstring)
+    and its traceback for every failed client: the strategy reports each failure by client id,
+    and ``simulation.verbose=true`` shows them all."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "run_simulation` function is deprecated" not in record.getMessage()
+        msg = record.getMessage()
+        return not ("run_simulation` function is deprecated" in msg or "ClientAppException" in msg
+                    or msg.startswith("An exception was raised when processing a message by RayBackend"))
 
 
 def run_flower_simulation(server_app: ServerApp, client_app: ClientApp, num_supernodes: int, *,
@@ -34,8 +38,10 @@ def run_flower_simulation(server_app: ServerApp, client_app: ClientApp, num_supe
 
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.setLevel(logging.INFO if verbose else logging.WARNING)
-    if not any(isinstance(f, _KnownDeprecation) for f in flwr_logger.filters):
-        flwr_logger.addFilter(_KnownDeprecation())
+    for f in [f for f in flwr_logger.filters if isinstance(f, _KnownNoise)]:
+        flwr_logger.removeFilter(f)
+    if not verbose:
+        flwr_logger.addFilter(_KnownNoise())
     # Ray's notice about a future default; we rely on today's (num_gpus=0 hides the GPUs).
     warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
     if ray_address:

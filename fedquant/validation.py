@@ -159,6 +159,19 @@ def validate(cfg: Mapping) -> None:
         raise ConfigError(f"strategy.bits={[str(b) for b in _get(cfg, 'strategy.bits')]} is not valid with "
                           "strategy.sampling=fixed: allowed is exactly one setting, e.g. [4]")
     check_profiles(cfg, bits)
+    _int(cfg, "strategy.min_replies", 1, _get(cfg, "clients_per_round"))
+    _choice(cfg, "strategy.on_too_few_replies", ("retry", "stop"))
+    _int(cfg, "strategy.max_retries", 0)
+    _float(cfg, "faults.client_failure_rate", 0.0, 1.0, hi_open=True)
+    _float(cfg, "faults.nan_client_rate", 0.0, 1.0)
+    _int(cfg, "checkpoint.every", 0)
+    _int(cfg, "checkpoint.keep", 1)
+    if not isinstance(_need(cfg, "resume"), bool):
+        raise ConfigError(f"resume={_get(cfg, 'resume')!r} is not valid: allowed are true, false")
+    resume_from = _need(cfg, "resume_from")
+    if resume_from is not None and not Path(str(resume_from)).expanduser().exists():
+        raise ConfigError(f"resume_from={resume_from!r} is not valid: no such file or directory; "
+                          "allowed is a checkpoint_r*.pt file or a run directory holding one")
 
     scheme = _choice(cfg, "partition.name", SCHEMES)
     if scheme == "dirichlet":

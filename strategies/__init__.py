@@ -1,7 +1,17 @@
 """Flower strategies for quantization-robust federated learning."""
 
 from .plan import STRATEGIES, Profile, TrainingPlan, assign_profiles, check_plan_inputs
-from .quant_aware import SERVERS, ClientReport, QuantAwareMixin, RoundReport, build_strategy
+from .quant_aware import (
+                          ON_TOO_FEW,
+                          SERVERS,
+                          ClientReport,
+                          DivergenceError,
+                          QuantAwareMixin,
+                          RoundReport,
+                          TooFewReplies,
+                          build_strategy,
+)
 
-__all__ = ["SERVERS", "STRATEGIES", "ClientReport", "Profile", "QuantAwareMixin", "RoundReport",
-           "TrainingPlan", "assign_profiles", "build_strategy", "check_plan_inputs"]
+__all__ = ["ON_TOO_FEW", "SERVERS", "STRATEGIES", "ClientReport", "DivergenceError", "Profile",
+           "QuantAwareMixin", "RoundReport", "TooFewReplies", "TrainingPlan", "assign_profiles",
+           "build_strategy", "check_plan_inputs"]

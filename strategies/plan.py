@@ -55,6 +55,8 @@ class TrainingPlan:
     clients_per_round: int
     seed: int
     profiles: list[Profile]
+    failure_rate: float = 0.0  # simulation-only fault injection: share of sampled clients that raise
+    nan_rate: float = 0.0  # simulation-only: share of sampled clients that reply with NaN weights
 
     def __post_init__(self) -> None:
         self.profile_of = assign_profiles(self.profiles, self.num_clients, self.seed) if self.profiles else None
@@ -70,10 +72,20 @@ class TrainingPlan:
     def profile_name(self, client: int) -> str | None:
         return None if self.profile_of is None else self.profiles[self.profile_of[client]].name
 
-    def sample_clients(self, server_round: int) -> list[int]:
-        """``clients_per_round`` distinct client ids, sorted."""
-        rng = np.random.default_rng([self.seed, 4, server_round])
+    def sample_clients(self, server_round: int, attempt: int = 0) -> list[int]:
+        """``clients_per_round`` distinct client ids, sorted (a fresh draw for each retry)."""
+        rng = np.random.default_rng([self.seed, 4, server_round] + ([attempt] if attempt else []))
         return sorted(rng.choice(self.num_clients, self.clients_per_round, replace=False).tolist())
+
+    def injects_failure(self, server_round: int, client: int, attempt: int = 0) -> bool:
+        if self.failure_rate <= 0:
+            return False
+        return bool(np.random.default_rng([self.seed, 8, server_round, client, attempt]).random() < self.failure_rate)
+
+    def injects_nan(self, server_round: int, client: int) -> bool:
+        if self.nan_rate <= 0:
+            return False
+        return bool(np.random.default_rng([self.seed, 9, server_round, client]).random() < self.nan_rate)
 
     def client_seed(self, server_round: int, client: int) -> int:
         return int(np.random.default_rng([self.seed, 5, server_round, client]).integers(2**31))

@@ -6,7 +6,7 @@ go through Flower's simulation engine and Ray for real.
 
 from __future__ import annotations
 
-from flwr.app import Message
+from flwr.app import Error, Message
 from flwr.supercore.task_identity import TaskIdentity
 
 from clients import ClientSetup, handle_train
@@ -31,4 +31,10 @@ class InProcessGrid:
     def send_and_receive(self, messages, timeout=None):
         messages = list(messages)
         self.sent += messages
-        return [self.handler(self.setup, m) for m in messages]
+        return [self._call(m) for m in messages]
+
+    def _call(self, msg: Message) -> Message:
+        try:
+            return self.handler(self.setup, msg)
+        except Exception as err:  # as Flower's simulation engine does: an error reply
+            return Message(Error(0, f"Exception ClientAppException occurred. Message: {err}'>"), reply_to=msg)

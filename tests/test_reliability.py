@@ -1,0 +1,147 @@
+"""Client faults, retries, the divergence guard, checkpoints and exact resume after SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from flwr.app import ArrayRecord
+
+from fedquant import protocol as P
+from fedquant.app import _train_config, run_experiment
+from fedquant.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fedquant.workspace import build_quantized_model, federated_data
+from strategies import DivergenceError, TooFewReplies, build_strategy
+from tests.helpers import TINY, make_config
+from tests.inprocess import InProcessGrid
+from tests.test_strategies import setup_and_plan
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_inprocess(*overrides, **strategy_kwargs):
+    cfg = make_config(*TINY, *overrides)
+    setup, plan = setup_and_plan(cfg)
+    plan.failure_rate = cfg["faults"]["client_failure_rate"]
+    plan.nan_rate = cfg["faults"]["nan_client_rate"]
+    strategy = build_strategy("fedavg", plan, **strategy_kwargs)
+    model = build_quantized_model(setup.model, federated_data(setup.data).data)
+    grid = InProcessGrid(setup, cfg["clients_per_round"])
+    strategy.start(grid=grid, initial_arrays=ArrayRecord(P.transport_state(model)), num_rounds=cfg["num_rounds"],
+                   train_config=_train_config(cfg["client"]))
+    return strategy
+
+
+def test_too_few_replies_retries_with_a_fresh_sample():
+    strategy = start_inprocess("faults.client_failure_rate=0.5", "num_rounds=3", min_replies=3, max_retries=20)
+    reports = strategy.reports.values()
+    assert all(len(r.clients) == 3 for r in reports)
+    assert sum(r.retries for r in reports) > 0 and sum(len(r.failures) for r in reports) > 0
+    for r in reports:
+        assert all(f.startswith("client ") and f.endswith("injected failure (faults.client_failure_rate)")
+                   for f in r.failures)
+
+
+def test_too_few_replies_can_stop_the_run():
+    with pytest.raises(TooFewReplies, match=r"round \d: \d of 3 clients replied, fewer than strategy.min_replies=3; "
+                                            r"stopping \(strategy.on_too_few_replies=stop\). Failures: client \d+"):
+        start_inprocess("faults.client_failure_rate=0.5", "num_rounds=3", min_replies=3, on_too_few="stop")
+
+
+def test_nan_from_one_client_is_named_and_stops():
+    cfg = make_config(*TINY, "num_rounds=4")
+    _, plan = setup_and_plan(cfg)
+    plan.nan_rate = 0.2
+    bad = {r: [c for c in plan.sample_clients(r) if plan.injects_nan(r, c)] for r in range(1, 5)}
+    first = next(r for r in bad if bad[r])
+    assert len(bad[first]) == 1  # seed 0, rate 0.2: one client of that round turns NaN
+    with pytest.raises(DivergenceError) as err:
+        start_inprocess("num_rounds=4", "faults.nan_client_rate=0.2")
+    assert str(err.value).startswith(f"round {first}: non-finite values from client {bad[first][0]} (weights); stopping")
+
+
+def test_fault_injection_at_30_percent_completes_through_ray(tmp_path):
+    cfg = make_config(*TINY, "num_clients=10", "clients_per_round=4", "num_rounds=3", "faults.client_failure_rate=0.3",
+                      "eval.settings=[fp]")
+    res = run_experiment(cfg, tmp_path)
+    train = [r["train"] for r in res["rounds"][1:]]
+    assert sum(t["failures"] for t in train) > 0 and "fp" in res["final"]
+    for t in train:
+        assert len(t["clients"]) + t["failures"] == 4 * (1 + t["retries"])
+        assert all("injected failure" in f for f in t["failure_reasons"])
+
+
+def test_corrupt_checkpoint_is_named_and_previous_kept(tmp_path):
+    for r in (1, 2, 3):
+        save_checkpoint(tmp_path, r, {"arrays": {"w": torch.ones(2) * r}, "config": {}}, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_r00002.pt", "checkpoint_r00003.pt"]
+    newest = tmp_path / "checkpoint_r00003.pt"
+    newest.write_bytes(newest.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"checkpoint_r00003.pt: corrupt or unreadable checkpoint .*the previous "
+                                              r"checkpoint .*checkpoint_r00002.pt is intact"):
+        load_checkpoint(newest)
+    assert load_checkpoint(tmp_path / "checkpoint_r00002.pt")["arrays"]["w"].tolist() == [2.0, 2.0]
+    proc = cli(f"resume_from={newest}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
+    assert "corrupt or unreadable checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def cli(*args, **kw):
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.run([sys.executable, "-m", "fedquant", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=400, env=env, **kw)
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = make_config(*TINY, "num_rounds=4")
+    _, plan = setup_and_plan(cfg)
+    plan.nan_rate = 0.2
+    first_bad = next(r for r in range(1, 5) if any(plan.injects_nan(r, c) for c in plan.sample_clients(r)))
+    assert first_bad >= 2  # seed 0 and rate 0.2: rounds before it produce a checkpoint
+    proc = cli(*TINY, "num_rounds=4", "faults.nan_client_rate=0.2", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith(f"error: round {first_bad}: non-finite values from client")
+    names = sorted(p.name for p in tmp_path.glob("checkpoint_r*.pt"))
+    assert names[-1] == f"checkpoint_r{first_bad - 1:05d}.pt"
+    assert load_checkpoint(tmp_path / names[-1])["round"] == first_bad - 1
+
+
+SLOW_ROUNDS = (*TINY, "num_rounds=4", "client.local_epochs=25", "eval.settings=[fp,w4a4]", "checkpoint.every=1",
+               "strategy.server=fedadam", "+strategy.server_options.eta=0.01")
+
+
+def test_sigkill_mid_round_then_resume_matches_uninterrupted(tmp_path):
+    full = cli(*SLOW_ROUNDS, f"hydra.run.dir={tmp_path / 'full'}")
+    assert full.returncode == 0, full.stderr[-2000:]
+    killed_dir = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "fedquant", *SLOW_ROUNDS, f"hydra.run.dir={killed_dir}"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    tree = psutil.Process(proc.pid)
+    deadline = time.time() + 300
+    while not (killed_dir / "checkpoint_r00002.pt").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before its second checkpoint"
+        time.sleep(0.05)
+    family = [tree, *tree.children(recursive=True)]
+    os.killpg(proc.pid, signal.SIGKILL)  # mid round 3: nothing gets a chance to clean up
+    proc.wait()
+    for p in family:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    assert not (killed_dir / "results.json").exists() and not (killed_dir / "checkpoint_r00004.pt").exists()
+    resumed = cli(*SLOW_ROUNDS, f"resume_from={killed_dir}", f"hydra.run.dir={tmp_path / 'resumed'}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = json.loads((tmp_path / "full" / "results.json").read_text())
+    b = json.loads((tmp_path / "resumed" / "results.json").read_text())
+    assert b["resumed_from"]["round"] in (2, 3)
+    assert b["final"] == a["final"]
+    for ra, rb in zip(a["rounds"], b["rounds"], strict=True):
+        assert ra.get("eval") == rb.get("eval")
+        assert ra.get("train", {}).get("clients") == rb.get("train", {}).get("clients")
