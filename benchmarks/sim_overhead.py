@@ -19,6 +19,7 @@ import statistics
 import tempfile
 import time
 
+import psutil
 import torch
 
 from benchmarks.common import make_config
@@ -78,6 +79,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--tiny", action="store_true", help="digits MLP, 6 clients, 3 per round")
     parser.add_argument("--gpus-per-client", type=float, default=0.0)
+    parser.add_argument("--cpus-per-client", type=float, default=1.0)
     args = parser.parse_args()
     if args.tiny:
         overrides = ["num_clients=6", "clients_per_round=3", "client.local_epochs=1"]
@@ -85,7 +87,8 @@ def main() -> None:
         overrides = ["+experiment=fmnist_qafedavg", "partition=dirichlet"]
     overrides += [f"num_rounds={args.rounds}", "strategy.sampling=per_step", "eval.initial=false",
                   f"eval.every={args.rounds + 1}", "eval.settings=[fp]", "quiet=true",
-                  f"simulation.num_gpus_per_client={args.gpus_per_client}"]
+                  f"simulation.num_gpus_per_client={args.gpus_per_client}",
+                  f"simulation.num_cpus_per_client={args.cpus_per_client}"]
     cfg = make_config(*overrides)
     print(f"workload: {cfg['dataset']['name']} {cfg['model']['name']}, {cfg['num_clients']} clients, "
           f"{cfg['clients_per_round']} per round, {cfg['client']['local_epochs']} local epoch(s), "
@@ -101,6 +104,12 @@ def main() -> None:
           f"{p_steady:.2f} s/round steady, round 1 ends at {plain_first:.1f} s")
     print(f"fedquant (Flower + Ray, {cfg['simulation']['num_cpus_per_client']} CPU per worker): "
           f"{s_steady:.2f} s/round steady, round 1 ends at {results['timing']['to_round1_end_s']:.1f} s")
+    busy = [sum(c["seconds"] for c in r["train"]["clients"]) for r in results["rounds"][2:] if "train" in r]
+    slowest = [max(c["seconds"] for c in r["train"]["clients"]) for r in results["rounds"][2:] if "train" in r]
+    workers = max(1, int(psutil.cpu_count() // cfg["simulation"]["num_cpus_per_client"]))
+    print(f"  inside fedquant's clients: {statistics.median(busy):.2f} s of local training per round "
+          f"(slowest client {statistics.median(slowest):.2f} s); {workers} workers could finish it in "
+          f"{max(statistics.median(busy) / workers, statistics.median(slowest)):.2f} s")
     print(f"ratio fedquant/plain (steady state): {s_steady / p_steady:.2f}")
 
 

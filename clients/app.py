@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass
 
 import torch
@@ -61,6 +62,7 @@ def handle_train(setup: ClientSetup, msg: Message) -> Message:
     if cfg.get(P.INJECT_FAILURE, False):
         raise InjectedFailure(f"client {client}: injected failure (faults.client_failure_rate)")
     next_setting = setting_source(str(cfg[P.SAMPLING]), [parse_setting(s) for s in cfg[P.SETTINGS]], seed)
+    start = time.perf_counter()
     try:
         result = train_local(model, fed.data, fed.clients[client], train_config(cfg), next_setting, seed, device)
     except Exception as err:
@@ -69,7 +71,8 @@ def handle_train(setup: ClientSetup, msg: Message) -> Message:
     if cfg.get(P.INJECT_NAN, False):
         state = {k: torch.full_like(v, float("nan")) for k, v in state.items()}
     metrics = MetricRecord({P.NUM_EXAMPLES: result.num_examples, P.TRAIN_LOSS: result.loss,
-                            P.PARTITION: client, P.BITS_HIST: P.encode_bits(result.bits_used)})
+                            P.PARTITION: client, P.BITS_HIST: P.encode_bits(result.bits_used),
+                            P.TRAIN_SECONDS: time.perf_counter() - start})
     return Message(RecordDict({P.ARRAYS: ArrayRecord(state), P.METRICS: metrics}), reply_to=msg)
 
 

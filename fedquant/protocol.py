@@ -27,6 +27,7 @@ INJECT_NAN = "inject-nan"  # simulation-only fault injection: the client replies
 NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"
 BITS_HIST = "bits-hist"  # list[int]: steps per (weight, act) setting, see encode_bits
+TRAIN_SECONDS = "train-seconds"  # wall time of the client's local training
 
 _SIDE = MAX_BITS + 1  # index 0 = float, 2..16 = bits (1 unused)
 

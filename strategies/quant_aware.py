@@ -61,6 +61,7 @@ class ClientReport:
     num_examples: int
     loss: float
     bits_used: dict[str, int]
+    seconds: float = 0.0  # the client's local training wall time
 
 
 @dataclass
@@ -187,7 +188,8 @@ class QuantAwareMixin:
             m = reply.content.metric_records[P.METRICS]
             client = int(m[P.PARTITION])
             report.clients.append(ClientReport(client, self.plan.profile_name(client), int(m[P.NUM_EXAMPLES]),
-                                               float(m[P.TRAIN_LOSS]), P.decode_bits(m[P.BITS_HIST])))
+                                               float(m[P.TRAIN_LOSS]), P.decode_bits(m[P.BITS_HIST]),
+                                               float(m[P.TRAIN_SECONDS])))
         self.reports[r] = report
         arrays, metrics = super().aggregate_train(r, good)
         if arrays is not None and not all(np.isfinite(a.numpy()).all() for a in arrays.values()):

@@ -17,3 +17,8 @@ def make_config(*overrides: str) -> dict:
 
 
 TINY = ("num_clients=6", "clients_per_round=3", "num_rounds=2", "client.local_epochs=1", "quiet=true")
+
+
+def strip_seconds(round_entry: dict) -> list[dict]:
+    """A results.json round's client reports minus their wall time (differs between identical runs)."""
+    return [{k: v for k, v in c.items() if k != "seconds"} for c in round_entry.get("train", {}).get("clients", [])]

@@ -19,6 +19,11 @@ from tests.fixtures import cifar_files, idx_bytes, write_cifar_archive, write_fm
 OFFLINE = "http://127.0.0.1:9/"  # nothing listens on the discard port: connection refused at once
 
 
+@pytest.fixture(autouse=True)
+def private_cache(monkeypatch, tmp_path):
+    monkeypatch.setattr(ds, "CACHE", tmp_path / "array-cache")
+
+
 @pytest.fixture
 def no_debian(monkeypatch, tmp_path):
     monkeypatch.setattr(ds, "DEBIAN_FMNIST", tmp_path / "no-debian-package")
@@ -51,6 +56,20 @@ def test_fmnist_from_dataset_root(tmp_path, no_debian):
     assert data.train_x.dtype == torch.uint8 and data.num_classes == 10
     assert np.array_equal(data.train_x[:, 0].numpy(), arrays["train-images"])
     assert np.array_equal(data.test_y.numpy(), arrays["t10k-labels"])
+
+
+def test_fmnist_decoded_once_then_memory_mapped_and_invalidated_by_changes(tmp_path, no_debian):
+    arrays = write_fmnist(tmp_path / "fm")
+    first = ds._load_fmnist(tmp_path / "fm")
+    cached = list((tmp_path / "array-cache").glob("*/train_x.npy"))
+    assert len(cached) == 1
+    second = ds._load_fmnist(tmp_path / "fm")
+    assert torch.equal(first.train_x, second.train_x) and torch.equal(first.test_y, second.test_y)
+    assert np.array_equal(second.train_x[:, 0].numpy(), arrays["train-images"])
+    new = write_fmnist(tmp_path / "fm", seed=1)  # new files: new size/mtime, so a new cache entry
+    third = ds._load_fmnist(tmp_path / "fm")
+    assert np.array_equal(third.train_x[:, 0].numpy(), new["train-images"])
+    assert len(list((tmp_path / "array-cache").glob("*/train_x.npy"))) == 2
 
 
 def test_fmnist_missing_offline_is_one_line_with_instructions(tmp_path, no_debian, monkeypatch):
