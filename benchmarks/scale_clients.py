@@ -1,5 +1,9 @@
 """Peak memory and steady round time as the number of client partitions grows (10 per round).
 
+Round time falls as partitions grow, because each sampled client then holds less data; the
+"overhead" column (round time minus the clients' own training time on 2 workers) is what must
+stay flat.
+
 Each size runs as its own ``python -m fedquant`` process; the summed RSS of that process and all
 its descendants (Ray's raylet, GCS and workers) is sampled every 0.2 s. Partitions are IID (the
 default Dirichlet minimum partition size cannot hold 10,000 clients of Fashion-MNIST).
@@ -23,8 +27,9 @@ from benchmarks.common import TreeMemorySampler
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_size(num_clients: int, rounds: int, tiny: bool) -> tuple[float, float]:
-    """(peak RSS in MiB, median steady seconds per round) for one run."""
+def run_size(num_clients: int, rounds: int, tiny: bool) -> tuple[float, float, float]:
+    """(peak RSS in MiB, median steady seconds per round, median seconds per round not spent in
+    local training: round time minus what the 2 workers needed, sum/2 or the slowest client)."""
     base = ["clients_per_round=3", "client.local_epochs=1"] if tiny else ["+experiment=fmnist_qafedavg"]
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "fedquant", *base, f"num_clients={num_clients}", "partition=iid",
@@ -35,8 +40,12 @@ def run_size(num_clients: int, rounds: int, tiny: bool) -> tuple[float, float]:
             _, err = proc.communicate()
         if proc.returncode:
             raise SystemExit(f"run with {num_clients} clients failed:\n{err[-2000:]}")
-        rounds_s = json.loads((Path(out) / "results.json").read_text())["timing"]["round_s"]
-    return mem.peak / 2**20, statistics.median(rounds_s[1:] or rounds_s)
+        res = json.loads((Path(out) / "results.json").read_text())
+    rounds_s = res["timing"]["round_s"]
+    clients = [r["train"]["clients"] for r in res["rounds"][1:]]
+    busy = [max(sum(c["seconds"] for c in cs) / 2, max(c["seconds"] for c in cs)) for cs in clients]
+    overhead = [t - b for t, b in zip(rounds_s, busy, strict=True)]
+    return mem.peak / 2**20, statistics.median(rounds_s[1:] or rounds_s), statistics.median(overhead[1:] or overhead)
 
 
 def main() -> None:
@@ -45,15 +54,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tiny", action="store_true")
     args = parser.parse_args()
-    print(f"{'partitions':>10} {'peak RSS MiB':>13} {'s/round':>8}")
+    print(f"{'partitions':>10} {'peak RSS MiB':>13} {'s/round':>8} {'overhead s/round':>17}")
     rows = []
     for n in args.sizes:
-        peak, per_round = run_size(n, args.rounds, args.tiny)
-        rows.append((n, peak, per_round))
-        print(f"{n:>10} {peak:>13.0f} {per_round:>8.2f}", flush=True)
+        peak, per_round, overhead = run_size(n, args.rounds, args.tiny)
+        rows.append((n, peak, per_round, overhead))
+        print(f"{n:>10} {peak:>13.0f} {per_round:>8.2f} {overhead:>17.2f}", flush=True)
     first, last = rows[0], rows[-1]
     print(f"peak RSS growth {first[0]} -> {last[0]} partitions: {100 * (last[1] / first[1] - 1):+.1f}%; "
-          f"round time ratio {last[2] / first[2]:.2f}")
+          f"round time ratio {last[2] / first[2]:.2f} (less data per client); overhead "
+          f"{first[3]:.2f} -> {last[3]:.2f} s/round")
 
 
 if __name__ == "__main__":

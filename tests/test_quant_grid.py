@@ -125,3 +125,19 @@ def test_clipped_weights_get_masked_gradient_also_after_loading():
     w.grad = None
     fresh(w).backward(torch.ones(1, 4))
     assert w.grad.tolist() == [[0.0, 0.0, 1.0, 1.0]]
+
+
+def test_frozen_weights_are_quantized_once_and_follow_changes():
+    w = torch.nn.Parameter(torch.randn(4, 6))
+    wq = weight_quantizer(w, 4)
+    with torch.no_grad():
+        first = wq(w)
+        assert wq(w) is first  # reused while nothing changed
+        w.mul_(2)  # in-place update (as load_state_dict does)
+        assert torch.equal(wq(w), 2 * first)
+        wq.set_bits(2)
+        expected, _ = numpy_weight_fq(w.detach().numpy(), 2, True, True)
+        np.testing.assert_allclose(wq(w).numpy(), expected, atol=1e-6)
+        wq.set_clip(torch.full_like(wq.clip, 0.5))
+        assert not torch.equal(wq(w), torch.from_numpy(expected))
+    assert wq(w).requires_grad  # with gradients: computed fresh, differentiable

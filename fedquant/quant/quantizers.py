@@ -107,6 +107,7 @@ class WeightQuantizer(nn.Module):
         self.register_buffer("_zero_point", torch.zeros(channels, dtype=torch.int32), persistent=False)
         self.view = (-1,) + (1,) * (weight.dim() - 1)  # scale shape that broadcasts over a channel
         self.clipped = False  # True once some clip < 1 (then the STE needs its mask); see _sync_clipped
+        self._frozen: tuple | None = None  # (key, w_hat): reused while no gradient is needed
         if learned:
             self.range = nn.Parameter(self._absmax(weight.detach()).clone())
 
@@ -138,6 +139,18 @@ class WeightQuantizer(nn.Module):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if self.bits is None:
             return w
+        if torch.is_grad_enabled() and w.requires_grad:
+            return self._quantize(w)
+        # Evaluation and calibration: the weights are constant across batches, so quantize once.
+        # The key changes with any in-place update of the weight or the clip (their _version),
+        # with new storage (load, .to()), the bit-width, and inference mode.
+        key = (w.data_ptr(), w._version, self.clip.data_ptr(), self.clip._version, self.bits,
+               torch.is_inference_mode_enabled())
+        if self._frozen is None or self._frozen[0] != key:
+            self._frozen = (key, self._quantize(w))
+        return self._frozen[1]
+
+    def _quantize(self, w: torch.Tensor) -> torch.Tensor:
         qmin, qmax = weight_grid(self.bits, self.narrow_range)
         scale = self.scale(w)
         if self.learned:
