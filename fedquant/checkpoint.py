@@ -39,6 +39,7 @@ def list_checkpoints(directory: Path) -> list[Path]:
 def save_checkpoint(directory: Path, server_round: int, payload: dict, keep: int = 2) -> Path:
     """Write ``payload`` (tensors and plain Python only) for ``server_round``; prune to ``keep``."""
     path = checkpoint_path(directory, server_round)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save({"version": VERSION, "round": server_round, **payload}, tmp)
     with open(tmp, "rb") as f:

@@ -144,3 +144,18 @@ def test_sigkill_mid_round_then_resume_matches_uninterrupted(tmp_path):
     for ra, rb in zip(a["rounds"], b["rounds"], strict=True):
         assert ra.get("eval") == rb.get("eval")
         assert strip_seconds(ra) == strip_seconds(rb)
+
+
+def test_resume_true_finds_the_newest_checkpoint_of_another_run(tmp_path):
+    from fedquant.checkpoint import find_checkpoint
+
+    older, newer, current = tmp_path / "2026-11-22" / "10-00-00", tmp_path / "2026-11-23" / "09-00-00", tmp_path / "now"
+    save_checkpoint(older, 5, {"arrays": {}, "config": {}})
+    time.sleep(0.02)
+    save_checkpoint(newer, 2, {"arrays": {}, "config": {}})
+    time.sleep(0.02)
+    save_checkpoint(current, 1, {"arrays": {}, "config": {}})
+    assert find_checkpoint(None, tmp_path, exclude=current) == newer / "checkpoint_r00002.pt"
+    assert find_checkpoint(str(older), tmp_path) == older / "checkpoint_r00005.pt"
+    with pytest.raises(CheckpointError, match="resume=true: no checkpoint under"):
+        find_checkpoint(None, tmp_path / "empty")

@@ -124,3 +124,12 @@ def test_client_loads_dataset_once_per_process():
     run_inprocess()
     run_inprocess()
     assert federated_data.cache_info().misses == 1
+
+
+@pytest.mark.parametrize("strategy, regularizer", [("fedavg", "kure"), ("qafedavg", "gradl1")])
+def test_regularized_local_training_runs_and_changes_the_model(strategy, regularizer):
+    plain, _, _ = run_inprocess(f"strategy={strategy}")
+    reg, s, _ = run_inprocess(f"strategy={strategy}", f"client.regularizer={regularizer}", "client.reg_weight=0.05")
+    assert all(torch.isfinite(v).all() for v in reg.values())
+    assert not all(torch.equal(plain[k], reg[k]) for k in plain)
+    assert all(c.loss > 0 for r in s.reports.values() for c in r.clients)

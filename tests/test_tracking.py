@@ -84,3 +84,15 @@ def test_report_on_a_real_multirun(tmp_path):
     row = next(line for line in table if "strategy=fedavg" in line.split(" | ")[0])
     assert f"{100 * finals['fedavg']['w4a4']:.2f} ± 0.00" in row
     assert (sweep / "report.csv").is_file() and (sweep / "report.png").stat().st_size > 10_000
+
+
+def test_wandb_run_is_finished_with_failure_when_the_run_fails(tmp_path):
+    from strategies import DivergenceError
+
+    cfg = make_config(*TINY, "num_rounds=4", "logger=wandb", "logger.mode=offline", "faults.nan_client_rate=0.2",
+                      "eval.settings=[fp]")
+    with pytest.raises(DivergenceError):
+        run_experiment(cfg, tmp_path)
+    records = read_records(next((tmp_path / "wandb").glob("offline-run-*/run-*.wandb")))
+    exits = [r.exit for r in records if r.WhichOneof("record_type") == "exit"]
+    assert len(exits) == 1 and exits[0].exit_code == 1
