@@ -16,6 +16,7 @@ class ConsoleReporter:
         self.quiet = quiet
         self.console = console or Console(highlight=False)
         self.start = self.last = time.perf_counter()
+        self.recent: list[float] = []  # the last few round durations, for the ETA
 
     def round_done(self, server_round: int, train_loss: float | None, failures: int,
                    accuracies: dict[str, float] | None) -> None:
@@ -26,7 +27,10 @@ class ConsoleReporter:
         if server_round == 0:
             line = f"[bold]round 0/{self.num_rounds}[/] initial model"
         else:
-            eta = (now - self.start) / server_round * (self.num_rounds - server_round)
+            # ETA from the last (up to) 5 rounds: round 1 also carries Ray's start-up
+            self.recent = (self.recent + [took])[-5:]
+            typical = sum(self.recent[1:]) / len(self.recent[1:]) if len(self.recent) > 1 else took
+            eta = typical * (self.num_rounds - server_round)
             line = f"[bold]round {server_round}/{self.num_rounds}[/] {took:5.1f} s  ETA {eta:5.0f} s"
             if train_loss is not None:
                 line += f"  train loss {train_loss:.4f}"
