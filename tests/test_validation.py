@@ -1,5 +1,7 @@
 """Every config error is one line naming the key, the bad value and what is allowed."""
 
+from pathlib import Path
+
 import pytest
 
 from fedquant.validation import ConfigError, validate
@@ -56,6 +58,19 @@ def test_bad_config_message(overrides, message):
 
 
 def test_default_and_shipped_experiments_are_valid():
-    for overrides in ([], ["+experiment=cifar_qafedavg"], ["+experiment=cifar_fedavg"],
-                      ["+experiment=fmnist_qafedavg"], ["+experiment=fmnist_fedavg"]):
-        validate(make_config(*overrides))
+    validate(make_config())
+    experiments = sorted(p.stem for p in (Path(__file__).parent.parent / "conf" / "experiment").glob("*.yaml"))
+    assert {"cifar_qafedavg", "cifar_fedavg", "fmnist_qafedavg", "fmnist_fedavg"} <= set(experiments)
+    for name in experiments:
+        validate(make_config(f"+experiment={name}"))
+
+
+def test_study_arms_compose_from_their_base():
+    kure = make_config("+experiment=fmnist_fedavg_kure")
+    assert kure["strategy"]["name"] == "fedavg" and kure["client"]["regularizer"] == "kure"
+    assert kure["num_clients"] == 100 and kure["client"]["lr"] == 0.02
+    qat = make_config("+experiment=fmnist_qat_w4a4")
+    assert qat["strategy"]["bits"] == [4] and qat["strategy"]["sampling"] == "fixed"
+    profiles = make_config("+experiment=fmnist_qafedavg_profiles", "partition=iid")
+    assert [p["name"] for p in profiles["strategy"]["profiles"]] == ["npu8", "dsp4", "mcu2"]
+    assert profiles["partition"]["name"] == "iid"

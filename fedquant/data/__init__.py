@@ -2,7 +2,13 @@
 
 from .datasets import CIFAR, DATASETS, Dataset, load_dataset
 from .errors import DatasetError
-from .partition import SCHEMES, label_histogram, mean_label_entropy, partition_indices, split_holdout
+from .partition import (
+    SCHEMES,
+    label_histogram,
+    mean_label_entropy,
+    partition_indices,
+    split_holdout,
+)
 
 __all__ = [
     "CIFAR", "DATASETS", "SCHEMES", "Dataset", "DatasetError", "label_histogram", "load_dataset",
