@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from fedquant.checkpoint import CheckpointError
+from fedquant.checkpoint import CheckpointError, list_checkpoints
 from fedquant.data import DatasetError
 from fedquant.validation import ConfigError
 from strategies import DivergenceError, TooFewReplies
@@ -37,7 +37,11 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     except RUN_ERRORS as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"error: {err}", file=sys.stderr)
+        message = f"error: {err}"
+        kept = list_checkpoints(Path(hydra_cfg.runtime.output_dir))
+        if isinstance(err, (DivergenceError, TooFewReplies)) and kept:
+            message += f" [last good checkpoint: {kept[-1]}; continue with resume_from={kept[-1].parent}]"
+        print(message, file=sys.stderr)
         if multirun:  # one bad job must not stop the sweep
             return None
         sys.exit(2 if isinstance(err, ConfigError) else 1)

@@ -139,7 +139,7 @@ def validate(cfg: Mapping) -> None:
     if _get(cfg, "model.options.norm") not in (_MISSING, "batch", "group"):
         _choice(cfg, "model.options.norm", ("batch", "group"))
 
-    from strategies import SERVERS, STRATEGIES  # light: flwr's strategy classes only
+    from strategies import ON_TOO_FEW, SERVERS, STRATEGIES  # light: flwr's strategy classes only
 
     _choice(cfg, "strategy.name", STRATEGIES)
     server = _choice(cfg, "strategy.server", tuple(SERVERS))
@@ -160,7 +160,7 @@ def validate(cfg: Mapping) -> None:
                           "strategy.sampling=fixed: allowed is exactly one setting, e.g. [4]")
     check_profiles(cfg, bits)
     _int(cfg, "strategy.min_replies", 1, _get(cfg, "clients_per_round"))
-    _choice(cfg, "strategy.on_too_few_replies", ("retry", "stop"))
+    _choice(cfg, "strategy.on_too_few_replies", ON_TOO_FEW)
     _int(cfg, "strategy.max_retries", 0)
     _float(cfg, "faults.client_failure_rate", 0.0, 1.0, hi_open=True)
     _float(cfg, "faults.nan_client_rate", 0.0, 1.0)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import Dataset, load_dataset, partition_indices, split_holdout
+from .data import Dataset, label_histogram, load_dataset, partition_indices, split_holdout
 from .models import build_model
 from .quant import QuantConfig, quantize_model
 
@@ -44,8 +44,8 @@ class FederatedData:
     clients: list[torch.Tensor]  # indices into data.train_x, one tensor per client
 
     def label_histogram(self) -> np.ndarray:
-        labels = self.data.train_y.numpy()
-        return np.stack([np.bincount(labels[c.numpy()], minlength=self.data.num_classes) for c in self.clients])
+        """Samples per class and client, ``[num_clients, num_classes]``."""
+        return label_histogram(self.data.train_y.numpy(), [c.numpy() for c in self.clients], self.data.num_classes)
 
 
 @functools.lru_cache(maxsize=2)

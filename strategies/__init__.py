@@ -1,6 +1,6 @@
 """Flower strategies for quantization-robust federated learning."""
 
-from .plan import STRATEGIES, Profile, TrainingPlan, assign_profiles, check_plan_inputs
+from .plan import STRATEGIES, Profile, TrainingPlan, assign_profiles
 from .quant_aware import (
                           ON_TOO_FEW,
                           SERVERS,
@@ -14,4 +14,4 @@ from .quant_aware import (
 
 __all__ = ["ON_TOO_FEW", "SERVERS", "STRATEGIES", "ClientReport", "DivergenceError", "Profile",
            "QuantAwareMixin", "RoundReport", "TooFewReplies", "TrainingPlan", "assign_profiles",
-           "build_strategy", "check_plan_inputs"]
+           "build_strategy"]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedquant.bitwidths import FLOAT, SAMPLING_MODES, BitSampler, Setting, encode, parse_setting
+from fedquant.bitwidths import FLOAT, BitSampler, Setting, encode, parse_setting
 
 STRATEGIES = ("fedavg", "qafedavg")
 
@@ -98,10 +98,3 @@ class TrainingPlan:
         if self.sampling == "per_round":
             return "fixed", encode([BitSampler(allowed, [self.seed, 6, server_round, client])()])
         return self.sampling, encode(allowed)
-
-
-def check_plan_inputs(strategy: str, sampling: str) -> None:
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy.name={strategy!r} is not valid: allowed are {', '.join(STRATEGIES)}")
-    if sampling not in SAMPLING_MODES:
-        raise ValueError(f"strategy.sampling={sampling!r} is not valid: allowed are {', '.join(SAMPLING_MODES)}")

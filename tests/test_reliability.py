@@ -110,6 +110,8 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert proc.stderr.strip().startswith(f"error: round {first_bad}: non-finite values from client")
     names = sorted(p.name for p in tmp_path.glob("checkpoint_r*.pt"))
     assert names[-1] == f"checkpoint_r{first_bad - 1:05d}.pt"
+    assert f"[last good checkpoint: {tmp_path / names[-1]}; continue with resume_from={tmp_path}]" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
     assert load_checkpoint(tmp_path / names[-1])["round"] == first_bad - 1
 
 

@@ -6,8 +6,6 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-MODES = ("online", "offline", "disabled")
-
 
 class WandbLogger:
     """One W&B run per experiment: metrics per evaluated round, a final table and the plots.
