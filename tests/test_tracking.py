@@ -55,6 +55,14 @@ def test_offline_wandb_run_holds_metrics_and_config(wandb_run):
                      "profile/npu8/w8a8/accuracy", "final/accuracy_matrix", "plots/accuracy_vs_bits"):
         assert any(k == expected or k.startswith(expected) for k in keys), expected
     assert any(k.startswith("train/bits_used/w8a8") for k in keys)
+    nested = [{tuple(i.nested_key): json.loads(i.value_json) for i in r.history.item if len(i.nested_key) > 1}
+              for r in records if r.WhichOneof("record_type") == "history"]
+    hists = [h for h in nested if ("train/weight_bits_histogram", "_type") in h]
+    assert len(hists) == 2  # rounds 1 and 2: all steps at 8 weight bits (the npu8 profile)
+    for h in hists:
+        assert h[("train/weight_bits_histogram", "_type")] == "histogram"
+        assert h[("train/weight_bits_histogram", "bins")] == [7.5, 8.5]
+        assert h[("train/weight_bits_histogram", "values")][0] > 0
     last_fp = [json.loads(h["eval/fp/accuracy"]) for h in history if "eval/fp/accuracy" in h][-1]
     assert last_fp == pytest.approx(results["final"]["fp"])
 

@@ -35,13 +35,27 @@ class WandbLogger:
             if train.get("loss") is not None:
                 data["train/loss"] = train["loss"]
             data["train/failures"] = train.get("failures", 0)
-            for setting, steps in train.get("bits_used", {}).items():
+            used = train.get("bits_used", {})
+            for setting, steps in used.items():
                 data[f"train/bits_used/{setting}"] = steps
+            if used:
+                data["train/weight_bits_histogram"] = self._bits_histogram(used)
         for profile, accs in (per_profile or {}).items():
             for setting, acc in accs.items():
                 data[f"profile/{profile}/{setting}/accuracy"] = acc
         if data:
             self.run.log(data, step=server_round)
+
+    def _bits_histogram(self, used: dict[str, int]):
+        """Local steps per weight bit-width (float steps at 32) as a W&B histogram."""
+        import numpy as np
+
+        from fedquant.bitwidths import parse_setting
+
+        bits = sorted({parse_setting(s)[0] or 32 for s in used})
+        counts = [sum(n for s, n in used.items() if (parse_setting(s)[0] or 32) == b) for b in bits]
+        edges = [b - 0.5 for b in bits] + [bits[-1] + 0.5]
+        return self._wandb.Histogram(np_histogram=(np.array(counts), np.array(edges)))
 
     def finish(self, results: dict | None = None, plots: dict[str, Path] | None = None, failed: bool = False) -> None:
         """Log the final accuracy matrix and the plots (when given), then close the run."""
