@@ -23,34 +23,26 @@ import psutil
 import torch
 
 from benchmarks.common import make_config
-from fedquant.app import _partition_params, run_experiment
-from fedquant.bitwidths import parse_setting, parse_settings, setting_source
+from fedquant.app import experiment_specs, run_experiment, training_plan
+from fedquant.bitwidths import parse_setting, setting_source
 from fedquant.protocol import load_transport_state, transport_state
 from fedquant.training import TrainConfig, train_local
 from fedquant.workspace import (
-    DataSpec,
-    ModelSpec,
     build_quantized_model,
     federated_data,
     select_device,
 )
-from strategies import TrainingPlan
 
 
 def plain_fedavg(cfg: dict) -> tuple[list[float], float]:
     """Sequential FedAvg in one process; returns (seconds per round, seconds to the end of round 1)."""
     start = time.perf_counter()
-    spec = DataSpec(cfg["dataset"]["name"], cfg["dataset"]["root"], cfg["partition"]["name"],
-                    _partition_params(cfg["partition"]), cfg["num_clients"], cfg["dataset"]["holdout"], cfg["seed"])
+    spec, model_spec = experiment_specs(cfg)
     federated_data.cache_clear()
     fed = federated_data(spec)
-    model_spec = ModelSpec(cfg["model"]["name"], tuple(sorted(cfg["model"]["options"].items())),
-                           tuple(sorted(cfg["quantization"].items())))
     device = select_device(cfg["simulation"]["device"])
     model = build_quantized_model(model_spec, fed.data, seed=cfg["seed"]).to(device)
-    s = cfg["strategy"]
-    plan = TrainingPlan(s["name"], s["sampling"], parse_settings(s["bits"], "bits"), cfg["num_clients"],
-                        cfg["clients_per_round"], cfg["seed"], [])
+    plan = training_plan(cfg)
     c = cfg["client"]
     train_cfg = TrainConfig(c["local_epochs"], c["batch_size"], c["lr"], c["momentum"], c["weight_decay"])
     global_state = {k: v.clone() for k, v in transport_state(model).items()}

@@ -44,27 +44,19 @@ def _model(setup: ClientSetup) -> torch.nn.Module:
     return build_quantized_model(setup.model, fed.data).to(select_device(setup.device))
 
 
-def train_config(cfg) -> TrainConfig:
-    """Local hyper-parameters from the (shared) training ConfigRecord."""
-    return TrainConfig(epochs=int(cfg["local-epochs"]), batch_size=int(cfg["batch-size"]), lr=float(cfg["lr"]),
-                       momentum=float(cfg["momentum"]), weight_decay=float(cfg["weight-decay"]),
-                       regularizer=str(cfg["regularizer"]), reg_weight=float(cfg["reg-weight"]),
-                       proximal_mu=float(cfg.get(P.PROXIMAL_MU, 0.0)))
-
-
 def handle_train(setup: ClientSetup, msg: Message) -> Message:
     cfg = msg.content.config_records[P.CONFIG]
     fed = federated_data(setup.data)
-    model = _model(setup)
-    device = next(model.parameters()).device
-    P.load_transport_state(model, msg.content.array_records[P.ARRAYS].to_torch_state_dict())
     client, seed = int(cfg[P.PARTITION]), int(cfg[P.SEED])
     if cfg.get(P.INJECT_FAILURE, False):
         raise InjectedFailure(f"client {client}: injected failure (faults.client_failure_rate)")
+    model = _model(setup)
+    device = next(model.parameters()).device
+    P.load_transport_state(model, msg.content.array_records[P.ARRAYS].to_torch_state_dict())
     next_setting = setting_source(str(cfg[P.SAMPLING]), [parse_setting(s) for s in cfg[P.SETTINGS]], seed)
     start = time.perf_counter()
     try:
-        result = train_local(model, fed.data, fed.clients[client], train_config(cfg), next_setting, seed, device)
+        result = train_local(model, fed.data, fed.clients[client], TrainConfig(**P.train_fields(cfg)), next_setting, seed, device)
     except Exception as err:
         raise RuntimeError(f"client {client}: {type(err).__name__}: {err}") from err
     state = {k: v.cpu() for k, v in P.transport_state(model).items()}

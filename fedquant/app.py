@@ -19,7 +19,7 @@ from strategies import Profile, RoundReport, TrainingPlan, build_strategy
 from .bitwidths import parse_settings, setting_name
 from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint
 from .evaluation import Evaluator
-from .protocol import transport_state
+from .protocol import train_record, transport_state
 from .simulation import run_flower_simulation
 from .tracking import ConsoleReporter
 from .tracking.plots import plot_accuracy_vs_bits, plot_accuracy_vs_round, plot_partition
@@ -32,13 +32,31 @@ def _partition_params(part: Mapping) -> tuple:
     return tuple(sorted((k, v) for k, v in part.items() if k != "name"))
 
 
+def experiment_specs(cfg: Mapping) -> tuple[DataSpec, ModelSpec]:
+    """The picklable data and model specs that the server and every worker rebuild from."""
+    data = DataSpec(cfg["dataset"]["name"], cfg["dataset"]["root"], cfg["partition"]["name"],
+                    _partition_params(cfg["partition"]), cfg["num_clients"], cfg["dataset"]["holdout"], cfg["seed"])
+    model = ModelSpec(cfg["model"]["name"], tuple(sorted(cfg["model"]["options"].items())),
+                      tuple(sorted(cfg["quantization"].items())))
+    return data, model
+
+
+def training_plan(cfg: Mapping) -> TrainingPlan:
+    """Client sampling, device profiles, bit-width assignment and fault injection from ``cfg``."""
+    strat, faults = cfg["strategy"], cfg["faults"]
+    profiles = [Profile(p["name"], float(p["share"]), tuple(p["bits"])) for p in strat["profiles"]]
+    return TrainingPlan(strat["name"], strat["sampling"], parse_settings(strat["bits"], "strategy.bits"),
+                        cfg["num_clients"], cfg["clients_per_round"], cfg["seed"], profiles,
+                        failure_rate=faults["client_failure_rate"], nan_rate=faults["nan_client_rate"])
+
+
 def _train_config(client: Mapping) -> ConfigRecord:
-    return ConfigRecord({
-        "local-epochs": int(client["local_epochs"]), "batch-size": int(client["batch_size"]),
-        "lr": float(client["lr"]), "momentum": float(client["momentum"]),
-        "weight-decay": float(client["weight_decay"]), "regularizer": str(client["regularizer"]),
-        "reg-weight": float(client["reg_weight"]),
-    })
+    return ConfigRecord(train_record(client))
+
+
+def _per_profile(profiles: list[Profile], accuracy: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Accuracy at each profile's deployment settings."""
+    return {p.name: {setting_name(s): accuracy[setting_name(s)] for s in p.settings} for p in profiles}
 
 
 def _make_logger(cfg: Mapping, output_dir: Path, group: str | None):
@@ -103,16 +121,10 @@ def run_experiment(cfg: Mapping, output_dir: str | Path, group: str | None = Non
     output_dir.mkdir(parents=True, exist_ok=True)
     resumed = _load_resume(cfg, output_dir, runs_root)
     strat, ev, sim = cfg["strategy"], cfg["eval"], cfg["simulation"]
-    data_spec = DataSpec(cfg["dataset"]["name"], cfg["dataset"]["root"], cfg["partition"]["name"],
-                         _partition_params(cfg["partition"]), cfg["num_clients"], cfg["dataset"]["holdout"], cfg["seed"])
-    model_spec = ModelSpec(cfg["model"]["name"], tuple(sorted(cfg["model"]["options"].items())),
-                           tuple(sorted(cfg["quantization"].items())))
+    data_spec, model_spec = experiment_specs(cfg)
     fed = federated_data(data_spec)  # DatasetError here: before Ray starts
-
-    profiles = [Profile(p["name"], float(p["share"]), tuple(p["bits"])) for p in strat["profiles"]]
-    plan = TrainingPlan(strat["name"], strat["sampling"], parse_settings(strat["bits"], "strategy.bits"),
-                        cfg["num_clients"], cfg["clients_per_round"], cfg["seed"], profiles,
-                        failure_rate=cfg["faults"]["client_failure_rate"], nan_rate=cfg["faults"]["nan_client_rate"])
+    plan = training_plan(cfg)
+    profiles = plan.profiles
     settings = parse_settings(ev["settings"], "eval.settings")
     settings += [s for p in profiles for s in p.settings if s not in settings]  # every profile's deployment
     model = build_quantized_model(model_spec, fed.data, seed=cfg["seed"])
@@ -167,8 +179,7 @@ def run_experiment(cfg: Mapping, output_dir: str | Path, group: str | None = Non
         if logger is not None:
             train = {"loss": loss, "failures": len(report.failures),
                      "bits_used": _sum_bits(report.clients)} if report else None
-            per_profile = {p.name: {setting_name(s): accuracies[setting_name(s)] for s in p.settings}
-                           for p in profiles} if accuracies else None
+            per_profile = _per_profile(profiles, accuracies) if accuracies else None
             logger.log_round(server_round, evals.get(server_round), train, per_profile)
         if accuracies is None:
             return None
@@ -242,9 +253,9 @@ def assemble_results(cfg: Mapping, reports: dict, evals: dict[int, dict], profil
         rounds.append(entry)
     last = evals[max(evals)]
     final = {k: v["accuracy"] for k, v in last.items()}
-    per_profile = {p.name: {setting_name(s): final[setting_name(s)] for s in p.settings} for p in profiles}
+    per_profile = _per_profile(profiles, final)
     return {"config": cfg, "rounds": rounds, "final": final, "per_profile": per_profile,
             "model_bytes": model_bytes, "wall_time_s": wall_time}
 
 
-__all__ = ["assemble_results", "run_experiment", "write_outputs"]
+__all__ = ["assemble_results", "experiment_specs", "run_experiment", "training_plan", "write_outputs"]

@@ -20,6 +20,13 @@ SETTINGS = "settings"  # list[str]: the settings to train at (sampled per step o
 SAMPLING = "sampling"  # per_step | per_round | fixed
 SEED = "seed"
 PROXIMAL_MU = "proximal-mu"  # set by Flower's FedProx
+# shared train config: ConfigRecord key <- (config key under `client`, TrainConfig field, type)
+TRAIN_KEYS = {
+    "local-epochs": ("local_epochs", "epochs", int), "batch-size": ("batch_size", "batch_size", int),
+    "lr": ("lr", "lr", float), "momentum": ("momentum", "momentum", float),
+    "weight-decay": ("weight_decay", "weight_decay", float), "regularizer": ("regularizer", "regularizer", str),
+    "reg-weight": ("reg_weight", "reg_weight", float),
+}
 INJECT_FAILURE = "inject-failure"  # simulation-only fault injection: the client raises
 INJECT_NAN = "inject-nan"  # simulation-only fault injection: the client replies with NaN weights
 
@@ -50,6 +57,18 @@ def decode_bits(hist: list[int]) -> dict[str, int]:
             setting: Setting = (w or None, a or None)
             out[setting_name(setting)] = int(steps)
     return out
+
+
+def train_record(client_cfg) -> dict:
+    """The ``client`` config section as the shared training ConfigRecord's contents."""
+    return {key: kind(client_cfg[name]) for key, (name, _, kind) in TRAIN_KEYS.items()}
+
+
+def train_fields(record) -> dict:
+    """Inverse of :func:`train_record`: TrainConfig keyword arguments (plus FedProx's mu)."""
+    fields = {field: kind(record[key]) for key, (_, field, kind) in TRAIN_KEYS.items()}
+    fields["proximal_mu"] = float(record.get(PROXIMAL_MU, 0.0))
+    return fields
 
 
 def transport_state(model) -> dict:

@@ -73,14 +73,17 @@ def train_local(model: nn.Module, data: Dataset, indices: torch.Tensor, cfg: Tra
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     anchor = [p.detach().clone() for p in model.parameters()] if cfg.proximal_mu > 0 else None
     gen = torch.Generator().manual_seed(seed)
-    bits_used: Counter = Counter()
+    steps_at: Counter = Counter()  # setting -> steps
+    current = None
     loss_sum = torch.zeros((), device=device)
     steps = 0
     for _ in range(cfg.epochs):
         for batch in torch.randperm(n, generator=gen).split(cfg.batch_size):
             setting = next_setting()
-            set_bitwidth(model, *setting)
-            bits_used[setting_name(setting)] += 1
+            if setting != current:  # switching walks every layer: only when the setting changes
+                set_bitwidth(model, *setting)
+                current = setting
+            steps_at[setting] += 1
             xb = to_input(data, x_all[batch], device, fmt)
             yb = y_all[batch].to(device, non_blocking=True)
             task = F.cross_entropy(model(xb), yb)
@@ -97,6 +100,7 @@ def train_local(model: nn.Module, data: Dataset, indices: torch.Tensor, cfg: Tra
             opt.step()
             loss_sum += task.detach()
             steps += 1
+    bits_used = Counter({setting_name(s): k for s, k in steps_at.items()})
     return TrainResult(n, float(loss_sum) / max(steps, 1), steps, bits_used)
 
 

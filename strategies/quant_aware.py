@@ -11,7 +11,7 @@ FedOpt still tracks its moments); the mixin only
 3. handles faults: failed replies are dropped and reported by client id; with fewer than
    ``min_replies`` successes the round is retried with a fresh sample (``on_too_few="retry"``,
    up to ``max_retries``) or the run stops (``"stop"``); non-finite losses or weights stop the
-   run (:class:`DivergenceError`) before they reach the global model;
+   run (:class:`DivergenceError`) and that round's global model is discarded;
 4. can start at a later round (``round_offset``) with restored server-optimizer state, which is
    what makes checkpoint/resume exact.
 """
@@ -183,7 +183,7 @@ class QuantAwareMixin:
             messages = self._node_messages(r, self._pending["arrays"], self._pending["config"], grid, attempt)
             good = self._split(list(grid.send_and_receive(messages)), report)
         good.sort(key=lambda m: int(m.content.metric_records[P.METRICS][P.PARTITION]))
-        self._check_finite(r, good)
+        self._stop_if_nonfinite(r, good, check_weights=False)  # losses: scalars, cheap
         for reply in good:
             m = reply.content.metric_records[P.METRICS]
             client = int(m[P.PARTITION])
@@ -192,27 +192,31 @@ class QuantAwareMixin:
                                                float(m[P.TRAIN_SECONDS])))
         self.reports[r] = report
         arrays, metrics = super().aggregate_train(r, good)
+        # NaN/Inf in any reply's weights propagates into the (weighted) aggregate, so the replies
+        # are only scanned, to name the clients, when the aggregate is not finite.
         if arrays is not None and not all(np.isfinite(a.numpy()).all() for a in arrays.values()):
+            self._stop_if_nonfinite(r, good, check_weights=True)
             raise DivergenceError(f"round {r}: the aggregated global model has NaN/Inf values "
                                   f"(strategy.server={type(self).__mro__[2].__name__}); stopping")
         return arrays, metrics
 
     @staticmethod
-    def _check_finite(r: int, replies: list[Message]) -> None:
+    def _stop_if_nonfinite(r: int, replies: list[Message], check_weights: bool) -> None:
+        """Raise :class:`DivergenceError` naming every client whose loss (or weights) is NaN/Inf."""
         bad = []
         for reply in replies:
             m = reply.content.metric_records[P.METRICS]
             what = []
             if not np.isfinite(float(m[P.TRAIN_LOSS])):
                 what.append(f"loss {float(m[P.TRAIN_LOSS])}")
-            arrays = reply.content.array_records[P.ARRAYS]
-            if not all(np.isfinite(a.numpy()).all() for a in arrays.values()):
+            if check_weights and not all(np.isfinite(a.numpy()).all()
+                                         for a in reply.content.array_records[P.ARRAYS].values()):
                 what.append("weights")
             if what:
                 bad.append(f"client {int(m[P.PARTITION])} ({', '.join(what)})")
         if bad:
-            raise DivergenceError(f"round {r}: non-finite values from {', '.join(bad)}; stopping before they "
-                                  "reach the global model (lower client.lr, or check those clients' data)")
+            raise DivergenceError(f"round {r}: non-finite values from {', '.join(bad)}; stopping, this round's "
+                                  "global model is discarded (lower client.lr, or check those clients' data)")
 
     # -- checkpointing ------------------------------------------------------------------------
     def server_state(self) -> dict:

@@ -141,3 +141,14 @@ def test_frozen_weights_are_quantized_once_and_follow_changes():
         wq.set_clip(torch.full_like(wq.clip, 0.5))
         assert not torch.equal(wq(w), torch.from_numpy(expected))
     assert wq(w).requires_grad  # with gradients: computed fresh, differentiable
+
+
+def test_frozen_weights_follow_a_new_learned_range():
+    w = torch.nn.Parameter(torch.tensor([[0.9, -0.3, 0.31, -0.06]]))
+    wq = WeightQuantizer(w, learned=True)
+    wq.set_bits(3)
+    with torch.no_grad():
+        before = wq(w)
+        wq.range.fill_(0.3)  # only the learned range changes (s = 0.1)
+        assert not torch.equal(wq(w), before)
+        assert torch.allclose(wq(w), torch.tensor([[0.3, -0.3, 0.3, -0.1]]), atol=1e-6)

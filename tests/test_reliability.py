@@ -29,8 +29,6 @@ ROOT = Path(__file__).resolve().parent.parent
 def start_inprocess(*overrides, **strategy_kwargs):
     cfg = make_config(*TINY, *overrides)
     setup, plan = setup_and_plan(cfg)
-    plan.failure_rate = cfg["faults"]["client_failure_rate"]
-    plan.nan_rate = cfg["faults"]["nan_client_rate"]
     strategy = build_strategy("fedavg", plan, **strategy_kwargs)
     model = build_quantized_model(setup.model, federated_data(setup.data).data)
     grid = InProcessGrid(setup, cfg["clients_per_round"])

@@ -6,23 +6,17 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 
 from clients import ClientSetup
 from fedquant import protocol as P
-from fedquant.app import _partition_params, _train_config
+from fedquant.app import _train_config, experiment_specs, training_plan
 from fedquant.bitwidths import parse_settings
-from fedquant.workspace import DataSpec, ModelSpec, build_quantized_model, federated_data
+from fedquant.workspace import build_quantized_model, federated_data
 from strategies import Profile, TrainingPlan, assign_profiles, build_strategy
 from tests.helpers import TINY, make_config
 from tests.inprocess import InProcessGrid, set_identity
 
 
 def setup_and_plan(cfg):
-    data = DataSpec(cfg["dataset"]["name"], None, cfg["partition"]["name"], _partition_params(cfg["partition"]),
-                    cfg["num_clients"], cfg["dataset"]["holdout"], cfg["seed"])
-    model = ModelSpec(cfg["model"]["name"], (), tuple(sorted(cfg["quantization"].items())))
-    s = cfg["strategy"]
-    profiles = [Profile(p["name"], p["share"], tuple(p["bits"])) for p in s["profiles"]]
-    plan = TrainingPlan(s["name"], s["sampling"], parse_settings(s["bits"], "b"), cfg["num_clients"],
-                        cfg["clients_per_round"], cfg["seed"], profiles)
-    return ClientSetup(data, model), plan
+    data, model = experiment_specs(cfg)
+    return ClientSetup(data, model), training_plan(cfg)
 
 
 def run_inprocess(*overrides, server="fedavg", **server_options):

@@ -142,9 +142,10 @@ class WeightQuantizer(nn.Module):
         if torch.is_grad_enabled() and w.requires_grad:
             return self._quantize(w)
         # Evaluation and calibration: the weights are constant across batches, so quantize once.
-        # The key changes with any in-place update of the weight or the clip (their _version),
-        # with new storage (load, .to()), the bit-width, and inference mode.
-        key = (w.data_ptr(), w._version, self.clip.data_ptr(), self.clip._version, self.bits,
+        # The key changes with any in-place update (_version) or new storage (load, .to()) of
+        # whatever the result depends on, with the bit-width, and with inference mode.
+        range_state = self.range if self.learned else self.clip
+        key = (w.data_ptr(), w._version, range_state.data_ptr(), range_state._version, self.bits,
                torch.is_inference_mode_enabled())
         if self._frozen is None or self._frozen[0] != key:
             self._frozen = (key, self._quantize(w))
@@ -198,9 +199,8 @@ class ActivationQuantizer(nn.Module):
         """``r <- r + momentum (r_batch - r)``, or ``r <- r_batch`` while no range was observed."""
         lo, hi = torch.aminmax(x.detach())
         seen = self.max_val > self.min_val
-        m = momentum
-        self.min_val.copy_(torch.where(seen, self.min_val + m * (lo - self.min_val), lo))
-        self.max_val.copy_(torch.where(seen, self.max_val + m * (hi - self.max_val), hi))
+        self.min_val.copy_(torch.where(seen, self.min_val + momentum * (lo - self.min_val), lo))
+        self.max_val.copy_(torch.where(seen, self.max_val + momentum * (hi - self.max_val), hi))
 
     def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         return asymmetric_qparams(self.min_val, self.max_val, self.bits)
