@@ -29,9 +29,12 @@ class ConsoleReporter:
         else:
             # ETA from the last (up to) 5 rounds: round 1 also carries Ray's start-up
             self.recent = (self.recent + [took])[-5:]
-            typical = sum(self.recent[1:]) / len(self.recent[1:]) if len(self.recent) > 1 else took
-            eta = typical * (self.num_rounds - server_round)
-            line = f"[bold]round {server_round}/{self.num_rounds}[/] {took:5.1f} s  ETA {eta:5.0f} s"
+            if len(self.recent) > 1:
+                eta = sum(self.recent[1:]) / len(self.recent[1:]) * (self.num_rounds - server_round)
+                eta_text = f"{eta:5.0f} s"
+            else:  # round 1 alone would extrapolate the start-up
+                eta_text = "    - s"
+            line = f"[bold]round {server_round}/{self.num_rounds}[/] {took:5.1f} s  ETA {eta_text}"
             if train_loss is not None:
                 line += f"  train loss {train_loss:.4f}"
             if failures:
