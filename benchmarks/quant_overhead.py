@@ -17,6 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from benchmarks.common import allocator_option, apply_allocator_option
 from fedquant.data import load_dataset
 from fedquant.models import build_model
 from fedquant.quant import QuantConfig, quantize_model
@@ -46,10 +47,12 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128])
     parser.add_argument("--steps", type=int, default=50, help="steps per timed block")
     parser.add_argument("--rounds", type=int, default=6, help="alternating float/QAT blocks")
+    allocator_option(parser)
     args = parser.parse_args()
+    allocator = apply_allocator_option(args)
     torch.set_num_threads(1)
     data = load_dataset(args.dataset)
-    print(f"{args.model} on {args.dataset}, 1 thread, torch {torch.__version__}")
+    print(f"{args.model} on {args.dataset}, 1 thread, torch {torch.__version__}, {allocator}")
     print(f"{'layout':>14} {'batch':>6} {'float ms/step':>14} {'W4A4 QAT ms/step':>17} {'QAT/float':>10}")
     layouts = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
     for name, fmt in layouts.items():
