@@ -3,8 +3,8 @@
 Same model, same test set, same Evaluator. The two are timed in adjacent pairs and the median of
 the per-pair ratios is reported, so drifts in machine speed (large here) cancel.
 
-    python benchmarks/eval_cost.py            # Fashion-MNIST CNN, 1,024 calibration images
-    python benchmarks/eval_cost.py --tiny     # digits MLP (used by the tests)
+    python -m benchmarks.eval_cost            # Fashion-MNIST CNN, 1,024 calibration images
+    python -m benchmarks.eval_cost --tiny     # digits MLP (used by the tests)
 """
 
 from __future__ import annotations

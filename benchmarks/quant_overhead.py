@@ -4,7 +4,7 @@ Float and W4A4 QAT steps are timed in alternating blocks in one process (one thr
 noise hits both equally; the ratio of medians is printed per batch size and memory layout
 (channels_last is what training uses for conv models; contiguous is PyTorch's default).
 
-    python benchmarks/quant_overhead.py [--steps 50] [--rounds 6] [--batch-sizes 32 128]
+    python -m benchmarks.quant_overhead [--steps 50] [--rounds 6] [--batch-sizes 32 128]
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ it through Flower's simulation engine on Ray (``simulation.num_cpus_per_client``
 Prints steady-state seconds per round (median of rounds 2..R, no evaluation inside) and the time
 from start to the end of round 1, for both, and their ratio.
 
-    python benchmarks/sim_overhead.py                      # Fashion-MNIST CNN, 100 clients, 10/round
-    python benchmarks/sim_overhead.py --rounds 3 --tiny    # digits MLP, seconds (used by the tests)
-    python benchmarks/sim_overhead.py --gpus-per-client 0.25   # on a GPU machine
+    python -m benchmarks.sim_overhead                      # Fashion-MNIST CNN, 100 clients, 10/round
+    python -m benchmarks.sim_overhead --rounds 3 --tiny    # digits MLP, seconds (used by the tests)
+    python -m benchmarks.sim_overhead --gpus-per-client 0.25   # on a GPU machine
 """
 
 from __future__ import annotations
