@@ -32,7 +32,8 @@ def _overrides(job_dir: Path) -> list[str]:
 def collect(sweep_dir: Path) -> tuple[dict[str, list[dict]], list[Path]]:
     """Final results grouped by method label; and the job folders that have no results.json."""
     job_dirs = sorted({p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")} |
-                      {p.parent for p in sweep_dir.rglob("results.json")})
+                      {p.parent for p in sweep_dir.rglob("results.json")},
+                      key=lambda d: (int(d.name) if d.name.isdigit() else float("inf"), str(d)))  # job order
     overrides = {d: [o for o in _overrides(d) if not o.split("=")[0].lstrip("+").startswith(("seed", "hydra."))]
                  for d in job_dirs}
     shared = set.intersection(*(set(o) for o in overrides.values())) if overrides else set()
