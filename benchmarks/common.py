@@ -11,12 +11,26 @@ import psutil
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from fedquant.allocator import retain_freed_memory
+
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def make_config(*overrides: str) -> dict:
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
+
+
+def allocator_option(parser) -> None:
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="keep glibc's default allocator settings (simulation.retain_freed_memory=false)")
+
+
+def apply_allocator_option(args) -> str:
+    """Set up the allocator as fedquant's processes do (unless --default-malloc); describe it."""
+    if args.default_malloc:
+        return "allocator: glibc defaults"
+    return "allocator: freed memory retained" if retain_freed_memory() else "allocator: defaults (not glibc)"
 
 
 class TreeMemorySampler:

@@ -3,8 +3,8 @@
 Same model, same test set, same Evaluator. The two are timed in adjacent pairs and the median of
 the per-pair ratios is reported, so drifts in machine speed (large here) cancel.
 
-    python benchmarks/eval_cost.py            # Fashion-MNIST CNN, 1,024 calibration images
-    python benchmarks/eval_cost.py --tiny     # digits MLP (used by the tests)
+    python -m benchmarks.eval_cost            # Fashion-MNIST CNN, 1,024 calibration images
+    python -m benchmarks.eval_cost --tiny     # digits MLP (used by the tests)
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import argparse
 import statistics
 import time
 
+from benchmarks.common import allocator_option, apply_allocator_option
 from fedquant.bitwidths import parse_settings
 from fedquant.evaluation import Evaluator
 from fedquant.protocol import transport_state
@@ -26,7 +27,9 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--estimator", default="minmax", choices=["minmax", "mse"])
+    allocator_option(parser)
     args = parser.parse_args()
+    allocator = apply_allocator_option(args)
     name, model, holdout = ("digits", "mlp", 256) if args.tiny else ("fmnist", "cnn", 1024)
     fed = federated_data(DataSpec(name, None, "iid", (), 10, holdout, 0))
     net = build_quantized_model(ModelSpec(model, (), ()), fed.data)
@@ -45,7 +48,7 @@ def main() -> None:
         t_six.append(time.perf_counter() - t)
     fp, six = statistics.median(t_fp), statistics.median(t_six)
     ratio = statistics.median(b / a for a, b in zip(t_fp, t_six, strict=True))
-    print(f"{name} {model}: test set {len(fed.data.test_y)}, calibration {len(fed.holdout)} images, estimator {args.estimator}")
+    print(f"{name} {model}: test set {len(fed.data.test_y)}, calibration {len(fed.holdout)} images, estimator {args.estimator}, {allocator}")
     print(f"one float evaluation {fp:.2f} s; six settings {six:.2f} s (medians of {args.repeats}); "
           f"ratio {ratio:.2f} (median of per-pair ratios)")
 

@@ -4,7 +4,7 @@ Float and W4A4 QAT steps are timed in alternating blocks in one process (one thr
 noise hits both equally; the ratio of medians is printed per batch size and memory layout
 (channels_last is what training uses for conv models; contiguous is PyTorch's default).
 
-    python benchmarks/quant_overhead.py [--steps 50] [--rounds 6] [--batch-sizes 32 128]
+    python -m benchmarks.quant_overhead [--steps 50] [--rounds 6] [--batch-sizes 32 128]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from benchmarks.common import allocator_option, apply_allocator_option
 from fedquant.data import load_dataset
 from fedquant.models import build_model
 from fedquant.quant import QuantConfig, quantize_model
@@ -46,10 +47,12 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128])
     parser.add_argument("--steps", type=int, default=50, help="steps per timed block")
     parser.add_argument("--rounds", type=int, default=6, help="alternating float/QAT blocks")
+    allocator_option(parser)
     args = parser.parse_args()
+    allocator = apply_allocator_option(args)
     torch.set_num_threads(1)
     data = load_dataset(args.dataset)
-    print(f"{args.model} on {args.dataset}, 1 thread, torch {torch.__version__}")
+    print(f"{args.model} on {args.dataset}, 1 thread, torch {torch.__version__}, {allocator}")
     print(f"{'layout':>14} {'batch':>6} {'float ms/step':>14} {'W4A4 QAT ms/step':>17} {'QAT/float':>10}")
     layouts = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
     for name, fmt in layouts.items():

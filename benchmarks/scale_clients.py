@@ -8,8 +8,8 @@ Each size runs as its own ``python -m fedquant`` process; the summed RSS of that
 its descendants (Ray's raylet, GCS and workers) is sampled every 0.2 s. Partitions are IID (the
 default Dirichlet minimum partition size cannot hold 10,000 clients of Fashion-MNIST).
 
-    python benchmarks/scale_clients.py                       # 100, 1,000, 10,000 partitions
-    python benchmarks/scale_clients.py --tiny --sizes 10 40  # digits MLP (used by the tests)
+    python -m benchmarks.scale_clients                       # 100, 1,000, 10,000 partitions
+    python -m benchmarks.scale_clients --tiny --sizes 10 40  # digits MLP (used by the tests)
 """
 
 from __future__ import annotations

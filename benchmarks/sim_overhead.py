@@ -7,9 +7,9 @@ it through Flower's simulation engine on Ray (``simulation.num_cpus_per_client``
 Prints steady-state seconds per round (median of rounds 2..R, no evaluation inside) and the time
 from start to the end of round 1, for both, and their ratio.
 
-    python benchmarks/sim_overhead.py                      # Fashion-MNIST CNN, 100 clients, 10/round
-    python benchmarks/sim_overhead.py --rounds 3 --tiny    # digits MLP, seconds (used by the tests)
-    python benchmarks/sim_overhead.py --gpus-per-client 0.25   # on a GPU machine
+    python -m benchmarks.sim_overhead                      # Fashion-MNIST CNN, 100 clients, 10/round
+    python -m benchmarks.sim_overhead --rounds 3 --tiny    # digits MLP, seconds (used by the tests)
+    python -m benchmarks.sim_overhead --gpus-per-client 0.25   # on a GPU machine
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 import psutil
 import torch
 
-from benchmarks.common import make_config
+from benchmarks.common import allocator_option, apply_allocator_option, make_config
 from fedquant.app import experiment_specs, run_experiment, training_plan
 from fedquant.bitwidths import parse_setting, setting_source
 from fedquant.protocol import load_transport_state, transport_state
@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="digits MLP, 6 clients, 3 per round")
     parser.add_argument("--gpus-per-client", type=float, default=0.0)
     parser.add_argument("--cpus-per-client", type=float, default=1.0)
+    allocator_option(parser)
     args = parser.parse_args()
     if args.tiny:
         overrides = ["num_clients=6", "clients_per_round=3", "client.local_epochs=1"]
@@ -80,11 +81,14 @@ def main() -> None:
     overrides += [f"num_rounds={args.rounds}", "strategy.sampling=per_step", "eval.initial=false",
                   f"eval.every={args.rounds + 1}", "eval.settings=[fp]", "quiet=true",
                   f"simulation.num_gpus_per_client={args.gpus_per_client}",
-                  f"simulation.num_cpus_per_client={args.cpus_per_client}"]
+                  f"simulation.num_cpus_per_client={args.cpus_per_client}",
+                  f"simulation.retain_freed_memory={not args.default_malloc}"]
     cfg = make_config(*overrides)
+    allocator = apply_allocator_option(args)  # for the plain loop too, in this process
     print(f"workload: {cfg['dataset']['name']} {cfg['model']['name']}, {cfg['num_clients']} clients, "
           f"{cfg['clients_per_round']} per round, {cfg['client']['local_epochs']} local epoch(s), "
-          f"bits per step from {cfg['strategy']['bits']}, {args.rounds} rounds, device {select_device('auto')}")
+          f"bits per step from {cfg['strategy']['bits']}, {args.rounds} rounds, device {select_device('auto')}, "
+          f"{allocator} (both)")
 
     plain, plain_first = plain_fedavg(cfg)
     with tempfile.TemporaryDirectory() as out:

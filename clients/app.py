@@ -11,6 +11,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedquant import protocol as P
+from fedquant.allocator import retain_freed_memory
 from fedquant.bitwidths import parse_setting, setting_source
 from fedquant.training import TrainConfig, train_local
 from fedquant.workspace import (
@@ -34,17 +35,20 @@ class ClientSetup:
     model: ModelSpec
     threads: int = 1
     device: str = "auto"
+    retain_freed_memory: bool = True  # see fedquant.allocator
 
 
 @functools.lru_cache(maxsize=2)
 def _model(setup: ClientSetup) -> torch.nn.Module:
     # One model object per worker process, re-loaded from the global arrays on every message.
     torch.set_num_threads(setup.threads)
+    if setup.retain_freed_memory:
+        retain_freed_memory()
     fed = federated_data(setup.data)
     return build_quantized_model(setup.model, fed.data).to(select_device(setup.device))
 
 
-def handle_train(setup: ClientSetup, msg: Message) -> Message:
+def handle_train(setup: ClientSetup, msg: Message, node_index: int = -1) -> Message:
     cfg = msg.content.config_records[P.CONFIG]
     fed = federated_data(setup.data)
     client, seed = int(cfg[P.PARTITION]), int(cfg[P.SEED])
@@ -64,7 +68,7 @@ def handle_train(setup: ClientSetup, msg: Message) -> Message:
         state = {k: torch.full_like(v, float("nan")) for k, v in state.items()}
     metrics = MetricRecord({P.NUM_EXAMPLES: result.num_examples, P.TRAIN_LOSS: result.loss,
                             P.PARTITION: client, P.BITS_HIST: P.encode_bits(result.bits_used),
-                            P.TRAIN_SECONDS: time.perf_counter() - start})
+                            P.TRAIN_SECONDS: time.perf_counter() - start, P.NODE_INDEX: node_index})
     return Message(RecordDict({P.ARRAYS: ArrayRecord(state), P.METRICS: metrics}), reply_to=msg)
 
 
@@ -72,7 +76,9 @@ def make_client_app(setup: ClientSetup) -> ClientApp:
     app = ClientApp()
 
     @app.train()
-    def train(msg: Message, context: Context) -> Message:  # noqa: ARG001 - Flower's signature
-        return handle_train(setup, msg)
+    def train(msg: Message, context: Context) -> Message:
+        # Flower numbers the simulation's virtual nodes 0..n-1 in node_config["partition-id"] (unrelated
+        # to our data partitions); the strategy uses it to order its messages (see QuantAwareMixin).
+        return handle_train(setup, msg, int(context.node_config.get("partition-id", -1)))
 
     return app

@@ -16,11 +16,12 @@ from flwr.serverapp import Grid, ServerApp
 from clients import ClientSetup, make_client_app
 from strategies import Profile, RoundReport, TrainingPlan, build_strategy
 
+from .allocator import retain_freed_memory
 from .bitwidths import parse_settings, setting_name
 from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint
 from .evaluation import Evaluator
 from .protocol import train_record, transport_state
-from .simulation import run_flower_simulation
+from .simulation import poll_replies_often, run_flower_simulation
 from .tracking import ConsoleReporter
 from .tracking.plots import plot_accuracy_vs_bits, plot_accuracy_vs_round, plot_partition
 from .tracking.results import write_json, write_metrics_csv
@@ -117,6 +118,8 @@ def run_experiment(cfg: Mapping, output_dir: str | Path, group: str | None = Non
     """
     started = time.perf_counter()
     validate(cfg)
+    if cfg["simulation"]["retain_freed_memory"]:
+        retain_freed_memory()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     resumed = _load_resume(cfg, output_dir, runs_root)
@@ -132,7 +135,7 @@ def run_experiment(cfg: Mapping, output_dir: str | Path, group: str | None = Non
                           ev["reestimate_bn"], ev["batch_size"], select_device(sim["device"]))
     strategy = build_strategy(strat["server"], plan, min_replies=strat["min_replies"],
                               on_too_few=strat["on_too_few_replies"], max_retries=strat["max_retries"],
-                              **strat["server_options"])
+                              client_work=[len(c) for c in fed.clients], **strat["server_options"])
     num_rounds = cfg["num_rounds"]
     reporter = ConsoleReporter(num_rounds, quiet=cfg.get("quiet", False))
     evals: dict[int, dict] = {}
@@ -189,12 +192,13 @@ def run_experiment(cfg: Mapping, output_dir: str | Path, group: str | None = Non
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:  # noqa: ARG001 - Flower's signature
+        poll_replies_often(grid)
         strategy.start(grid=grid, initial_arrays=ArrayRecord(initial_state),
                        num_rounds=num_rounds - strategy.round_offset,
                        train_config=_train_config(cfg["client"]), evaluate_fn=evaluate_fn)
 
     client_app = make_client_app(ClientSetup(data_spec, model_spec, threads=max(1, int(sim["num_cpus_per_client"])),
-                                             device=sim["device"]))
+                                             device=sim["device"], retain_freed_memory=sim["retain_freed_memory"]))
     start = time.perf_counter()
     results = plots = None
     try:

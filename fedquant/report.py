@@ -1,9 +1,11 @@
-"""``python -m fedquant.report <sweep dir>``: one comparison table and plot for a Hydra sweep.
+"""``python -m fedquant.report <sweep dir>``: comparison tables and plots for a Hydra sweep.
 
 Jobs are grouped into methods by their Hydra overrides (those that differ between jobs, seed
 excluded); each cell is the mean +- sample standard deviation over a method's seeds of the final
-test accuracy at one evaluation setting. Writes report.md, report.csv and report.png in the sweep
-directory (or ``--out``) and prints the Markdown table.
+test accuracy at one evaluation setting. Also reported: the accuracy per evaluated round (mean
+over seeds; the convergence curves), per device profile when the runs have profiles, and the
+jobs' wall time. Writes report.md, report.csv, report.png (accuracy vs bit-width) and
+report_rounds.png (accuracy vs round) in the sweep directory (or ``--out``) and prints report.md.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from .tracking.plots import plot_methods_vs_bits
+from .tracking.plots import plot_methods_vs_bits, plot_methods_vs_round
 from .tracking.results import write_text_atomic
 
 
@@ -30,7 +32,8 @@ def _overrides(job_dir: Path) -> list[str]:
 def collect(sweep_dir: Path) -> tuple[dict[str, list[dict]], list[Path]]:
     """Final results grouped by method label; and the job folders that have no results.json."""
     job_dirs = sorted({p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")} |
-                      {p.parent for p in sweep_dir.rglob("results.json")})
+                      {p.parent for p in sweep_dir.rglob("results.json")},
+                      key=lambda d: (int(d.name) if d.name.isdigit() else float("inf"), str(d)))  # job order
     overrides = {d: [o for o in _overrides(d) if not o.split("=")[0].lstrip("+").startswith(("seed", "hydra."))]
                  for d in job_dirs}
     shared = set.intersection(*(set(o) for o in overrides.values())) if overrides else set()
@@ -60,6 +63,53 @@ def summarize(methods: dict[str, list[dict]]) -> dict[str, dict[str, tuple[float
     return table
 
 
+def curves(methods: dict[str, list[dict]]) -> dict[str, dict[int, dict[str, float]]]:
+    """method -> evaluated round -> setting -> mean accuracy over the seeds evaluated then."""
+    out = {}
+    for method, runs in methods.items():
+        per_round: dict[int, dict[str, list[float]]] = {}
+        for run in runs:
+            for entry in run["rounds"]:
+                for setting, metrics in entry.get("eval", {}).items():
+                    per_round.setdefault(entry["round"], {}).setdefault(setting, []).append(metrics["accuracy"])
+        out[method] = {r: {s: statistics.fmean(v) for s, v in cells.items()} for r, cells in sorted(per_round.items())}
+    return out
+
+
+def profiles_markdown(methods: dict[str, list[dict]]) -> str:
+    """Mean +- std accuracy of each device profile at each setting it deploys ('' without profiles)."""
+    lines = []
+    for method, runs in methods.items():
+        cells: dict[tuple[str, str], list[float]] = {}
+        for run in runs:
+            for profile, accs in (run.get("per_profile") or {}).items():
+                for setting, acc in accs.items():
+                    cells.setdefault((profile, setting), []).append(acc)
+        for (profile, setting), values in cells.items():
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            lines.append(f"| {method} | {profile} | {setting} | {100 * statistics.fmean(values):.2f} ± {100 * std:.2f} |")
+    if not lines:
+        return ""
+    return "\n## Per device profile\n\n| method | profile | setting | accuracy |\n|---|---|---|---|\n" + "\n".join(lines) + "\n"
+
+
+def rounds_markdown(curve: dict[str, dict[int, dict[str, float]]], shown: list[str]) -> str:
+    """Accuracy per evaluated round (mean over seeds), cells ``a / b / ...`` for ``shown`` settings."""
+    rounds = sorted({r for per_round in curve.values() for r in per_round})
+    lines = [f"\n## Accuracy per round (mean over seeds; {' / '.join(shown)})\n",
+             "| method | " + " | ".join(str(r) for r in rounds) + " |", "|---|" + "---|" * len(rounds)]
+    for method, per_round in curve.items():
+        cells = [" / ".join(f"{100 * per_round[r][s]:.1f}" for s in shown if s in per_round.get(r, {})) for r in rounds]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def wall_time_line(methods: dict[str, list[dict]]) -> str:
+    times = [run["wall_time_s"] for runs in methods.values() for run in runs]
+    return (f"\n{len(times)} jobs; their wall times sum to {sum(times) / 60:.1f} min "
+            f"({min(times):.0f}-{max(times):.0f} s per job).\n")
+
+
 def to_markdown(table: dict, settings: list[str]) -> str:
     lines = ["| method | seeds | " + " | ".join(settings) + " |", "|---|---|" + "---|" * len(settings)]
     for method, cells in table.items():
@@ -87,13 +137,17 @@ def make_report(sweep_dir: Path, out: Path | None = None) -> str:
     out.mkdir(parents=True, exist_ok=True)
     table = summarize(methods)
     settings = list(dict.fromkeys(s for cells in table.values() for s in cells))
-    markdown = to_markdown(table, settings)
+    curve = curves(methods)
+    shown = list(dict.fromkeys(s for s in ("fp", "w4a4", settings[-1]) if s in settings))
+    markdown = to_markdown(table, settings) + profiles_markdown(methods) + rounds_markdown(curve, shown)
+    markdown += wall_time_line(methods)
     if missing:
         markdown += "\nJobs without results (failed or unfinished): " + ", ".join(str(m) for m in missing) + "\n"
     write_text_atomic(out / "report.md", markdown)
     write_text_atomic(out / "report.csv", to_csv(table))
     plot_methods_vs_bits({m: {s: c[:2] for s, c in cells.items()} for m, cells in table.items()},
                          out / "report.png", f"Final accuracy vs bit-width ({sweep_dir.name})")
+    plot_methods_vs_round(curve, shown, out / "report_rounds.png", f"Accuracy vs round, mean over seeds ({sweep_dir.name})")
     return markdown
 
 

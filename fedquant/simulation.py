@@ -24,6 +24,20 @@ class _KnownNoise(logging.Filter):
                     or msg.startswith("An exception was raised when processing a message by RayBackend"))
 
 
+REPLY_POLL_S = 0.005
+
+
+def poll_replies_often(grid) -> None:
+    """Make the simulation's grid look for client replies every 5 ms instead of Flower's 0.1 s.
+
+    ``InMemoryGrid.send_and_receive`` sleeps ``pull_interval`` between looks, so every round
+    ended on the next 0.1 s tick after its last reply (0.05 s lost per round on average). A look
+    is a dictionary lookup under a lock, so polling more often costs nothing measurable.
+    """
+    if hasattr(grid, "pull_interval"):
+        grid.pull_interval = REPLY_POLL_S
+
+
 def run_flower_simulation(server_app: ServerApp, client_app: ClientApp, num_supernodes: int, *,
                           num_cpus_per_client: float, num_gpus_per_client: float,
                           ray_address: str | None = None, verbose: bool = False) -> None:

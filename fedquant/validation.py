@@ -191,7 +191,7 @@ def validate(cfg: Mapping) -> None:
     _wrap("eval.settings", parse_settings, _need(cfg, "eval.settings"), "eval.settings")
     _int(cfg, "eval.every", 1)
     _choice(cfg, "eval.estimator", ESTIMATORS)
-    for key in ("eval.reestimate_bn", "eval.initial"):
+    for key in ("eval.reestimate_bn", "eval.initial", "simulation.retain_freed_memory"):
         if not isinstance(_need(cfg, key), bool):
             raise ConfigError(f"{key}={_get(cfg, key)!r} is not valid: allowed are true, false")
     _int(cfg, "eval.batch_size", 1)

@@ -101,7 +101,7 @@ class QuantAwareMixin:
     """Mix in before a Flower strategy class (see :func:`build_strategy`)."""
 
     def __init__(self, *, plan: TrainingPlan, min_replies: int = 1, on_too_few: str = "retry",
-                 max_retries: int = 3, **kwargs) -> None:
+                 max_retries: int = 3, client_work: list[int] | None = None, **kwargs) -> None:
         n = plan.clients_per_round
         flwr_logger = logging.getLogger("flwr")
         level = flwr_logger.level
@@ -120,11 +120,28 @@ class QuantAwareMixin:
         self.round_offset = 0
         self.reports: dict[int, RoundReport] = {}
         self._pending: dict = {}
+        self.client_work = client_work  # e.g. examples per client: the largest jobs are sent first
+        self._node_index: dict[int, int] = {}  # node id -> its index in the engine, from replies
 
     # -- sending ------------------------------------------------------------------------------
+    def _dispatch_order(self, messages: list[Message], clients: list[int]) -> tuple[list[Message], list[int]]:
+        """Pair the largest clients with the nodes the engine serves first (longest job first).
+
+        Flower's simulation engine queues the round's messages in the order of its node indices
+        and hands them to the workers as they free up; sending the longest local trainings first
+        shortens the round (the last job to finish is a short one). Results do not depend on it:
+        a client's training depends only on its partition, seed and bit-widths, and replies are
+        aggregated in client order.
+        """
+        messages = sorted(messages, key=lambda m: (self._node_index.get(m.metadata.dst_node_id, len(messages)),
+                                                   m.metadata.dst_node_id))
+        if self.client_work is not None:
+            clients = sorted(clients, key=lambda c: (-self.client_work[c], c))
+        return messages, clients
+
     def _node_messages(self, r: int, arrays, config: ConfigRecord, grid, attempt: int) -> list[Message]:
-        messages = sorted(super().configure_train(r, arrays, config, grid), key=lambda m: m.metadata.dst_node_id)
-        clients = self.plan.sample_clients(r, attempt)
+        messages, clients = self._dispatch_order(list(super().configure_train(r, arrays, config, grid)),
+                                                 self.plan.sample_clients(r, attempt))
         if len(messages) != len(clients):
             raise RuntimeError(f"round {r}: {len(messages)} nodes for {len(clients)} sampled clients")
         out, node_client = [], {}
@@ -183,6 +200,10 @@ class QuantAwareMixin:
             messages = self._node_messages(r, self._pending["arrays"], self._pending["config"], grid, attempt)
             good = self._split(list(grid.send_and_receive(messages)), report)
         good.sort(key=lambda m: int(m.content.metric_records[P.METRICS][P.PARTITION]))
+        for reply in good:
+            index = int(reply.content.metric_records[P.METRICS].get(P.NODE_INDEX, -1))
+            if index >= 0:
+                self._node_index[reply.metadata.src_node_id] = index
         self._stop_if_nonfinite(r, good, check_weights=False)  # losses: scalars, cheap
         for reply in good:
             m = reply.content.metric_records[P.METRICS]

@@ -18,11 +18,12 @@ def set_identity() -> None:
 
 
 class InProcessGrid:
-    def __init__(self, setup: ClientSetup, num_nodes: int, handler=handle_train) -> None:
+    def __init__(self, setup: ClientSetup, num_nodes: int) -> None:
         set_identity()
         self.setup = setup
         self.node_ids = [1000 + 7 * i for i in range(num_nodes)]
-        self.handler = handler
+        # the engine's own node numbering, unrelated to the ids (as in Flower's simulation)
+        self.node_index = {node: i for i, node in enumerate(reversed(self.node_ids))}
         self.sent: list[Message] = []
 
     def get_node_ids(self):
@@ -35,6 +36,6 @@ class InProcessGrid:
 
     def _call(self, msg: Message) -> Message:
         try:
-            return self.handler(self.setup, msg)
+            return handle_train(self.setup, msg, self.node_index[msg.metadata.dst_node_id])
         except Exception as err:  # as Flower's simulation engine does: an error reply
             return Message(Error(0, f"Exception ClientAppException occurred. Message: {err}'>"), reply_to=msg)

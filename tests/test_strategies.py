@@ -83,6 +83,18 @@ def test_qafedavg_with_float_only_reproduces_fedavg_exactly():
     assert all(c.bits_used == {"fp": c.bits_used["fp"]} for c in strategy.reports[1].clients)
 
 
+def test_largest_clients_go_to_the_nodes_served_first_without_changing_results():
+    work = [len(c) for c in federated_data(experiment_specs(make_config(*TINY))[0]).clients]
+    plain, s_plain, _ = run_inprocess("strategy=qafedavg", "num_rounds=3")
+    ordered, s_ordered, grid = run_inprocess("strategy=qafedavg", "num_rounds=3", client_work=work)
+    assert all(torch.equal(plain[k], ordered[k]) for k in plain)
+    assert without_seconds(s_plain) == without_seconds(s_ordered)
+    for r in (2, 3):  # from round 2 on, the engine's node numbering is known from the replies
+        msgs = sorted(grid.sent[(r - 1) * 3: r * 3], key=lambda m: grid.node_index[m.metadata.dst_node_id])
+        sizes = [work[m.content.config_records[P.CONFIG][P.PARTITION]] for m in msgs]
+        assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) > 1
+
+
 @pytest.mark.parametrize("sampling", ["per_step", "per_round"])
 def test_same_seed_same_clients_bits_and_weights(sampling):
     a, sa, _ = run_inprocess(f"strategy.sampling={sampling}")

@@ -82,7 +82,7 @@ def test_report_on_a_real_multirun(tmp_path):
     assert report.returncode == 0, report.stderr
     lines = report.stdout.strip().splitlines()
     assert lines[0] == "| method | seeds | fp | w4a4 |"
-    table = [line for line in lines[2:] if line.startswith("|")]
+    table = lines[2:lines.index("")]
     labels = {frozenset(line.split(" | ")[0].lstrip("| ").split(", ")) for line in table}
     assert labels == {frozenset({"strategy=fedavg", "clients_per_round=3"}),
                       frozenset({"strategy=qafedavg", "clients_per_round=3"})}
@@ -92,6 +92,28 @@ def test_report_on_a_real_multirun(tmp_path):
     row = next(line for line in table if "strategy=fedavg" in line.split(" | ")[0])
     assert f"{100 * finals['fedavg']['w4a4']:.2f} ± 0.00" in row
     assert (sweep / "report.csv").is_file() and (sweep / "report.png").stat().st_size > 10_000
+    assert (sweep / "report_rounds.png").stat().st_size > 10_000
+    # the curves: rounds 0 and 1 evaluated, mean over the one seed = the job's own accuracies
+    runs = {r["config"]["strategy"]["name"]: r for r in (json.loads(p.read_text()) for p in sweep.glob("*/results.json"))}
+    rows = lines[lines.index("| method | 0 | 1 |") + 2:]
+    row = next(row for row in rows if "strategy=fedavg" in row)
+    cells = [f"{100 * e['eval']['fp']['accuracy']:.1f} / {100 * e['eval']['w4a4']['accuracy']:.1f}" for e in runs["fedavg"]["rounds"]]
+    assert row.strip("| ").split(" | ")[1:] == cells
+    assert "2 jobs; their wall times sum to" in report.stdout
+
+    # the final models again from their checkpoints: the run's own options give the run's numbers
+    same, mse = tmp_path / "same", tmp_path / "mse"
+    for out, estimator in ((same, "minmax"), (mse, "mse")):
+        proc = subprocess.run([sys.executable, "-m", "fedquant.reevaluate", str(sweep), "--out", str(out),
+                               "--estimator", estimator], capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    for job in sweep.glob("*/results.json"):
+        original = json.loads(job.read_text())
+        assert json.loads((same / job.parent.name / "results.json").read_text())["final"] == original["final"]
+        again = json.loads((mse / job.parent.name / "results.json").read_text())
+        assert again["reevaluated"]["estimator"] == "mse" and again["final"]["fp"] == original["final"]["fp"]
+    assert "| method | seeds | fp | w4a4 |" in subprocess.run(
+        [sys.executable, "-m", "fedquant.report", str(mse)], capture_output=True, text=True, cwd=ROOT, timeout=120).stdout
 
 
 def test_wandb_run_is_finished_with_failure_when_the_run_fails(tmp_path):

@@ -12,7 +12,7 @@ from torch import nn
 
 from .config import ESTIMATORS, check_choice
 from .modules import quant_layers
-from .quantizers import EPS, asymmetric_qparams, symmetric_scale, weight_grid
+from .quantizers import EPS, asymmetric_qparams, memory_order, symmetric_scale, weight_grid
 
 CLIP_GRID = torch.linspace(0.05, 1.0, 39)  # candidate fractions of the observed range (step 0.025)
 SAMPLE_PER_BATCH = 4096  # activation values kept per batch and quantizer for the MSE search
@@ -28,7 +28,7 @@ class _RangeObserver:
 
     def __call__(self, x: torch.Tensor) -> None:
         x = x.detach()
-        lo, hi = torch.aminmax(x)
+        lo, hi = torch.aminmax(memory_order(x))
         self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
         self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
         if self.keep_sample:

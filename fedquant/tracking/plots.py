@@ -81,6 +81,27 @@ def plot_methods_vs_bits(table: dict[str, dict[str, tuple[float, float]]], path:
     return _save(fig, path)
 
 
+def plot_methods_vs_round(curves: dict[str, dict[int, dict[str, float]]], settings: list[str], path: Path,
+                          title: str) -> Path:
+    """One panel per setting: mean accuracy per evaluated round, one line per method."""
+    fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 4.5), sharey=True, squeeze=False)
+    colors = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20").colors
+    for ax, setting in zip(axes[0], settings, strict=True):
+        for i, (method, per_round) in enumerate(curves.items()):
+            # round 0 (the untrained model, ~10%) is left out: it would squash the curves
+            rounds = [r for r, cells in per_round.items() if setting in cells and r > 0]
+            ax.plot(rounds, [100 * per_round[r][setting] for r in rounds], marker=".", label=method,
+                    color=colors[i % len(colors)], linestyle="-" if i < len(colors) else "--")
+        ax.set_title(_bits_axis([setting])[0])
+        ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy (%), mean over seeds")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
