@@ -63,15 +63,21 @@ def plot_partition(histogram: np.ndarray, path: Path, title: str, max_clients: i
     return _save(fig, path)
 
 
+def _method_styles(n: int) -> list[dict]:
+    """Distinct colour (and, past 20 methods, dashes) for each of ``n`` methods."""
+    colors = plt.get_cmap("tab10" if n <= 10 else "tab20").colors
+    return [{"color": colors[i % len(colors)], "linestyle": "-" if i < len(colors) else "--"} for i in range(n)]
+
+
 def plot_methods_vs_bits(table: dict[str, dict[str, tuple[float, float]]], path: Path, title: str) -> Path:
     """Mean +- std accuracy per setting, one line per method (a sweep's comparison)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     settings = list(next(iter(table.values())))
     x = np.arange(len(settings))
-    for method, cells in table.items():
+    for (method, cells), style in zip(table.items(), _method_styles(len(table)), strict=True):
         mean = [100 * cells[s][0] if s in cells else np.nan for s in settings]
         std = [100 * cells[s][1] if s in cells else np.nan for s in settings]
-        ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=method)
+        ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=method, **style)
     ax.set_xticks(x, _bits_axis(settings))
     ax.set_xlabel("evaluation setting (weight / activation bits)")
     ax.set_ylabel("test accuracy (%), mean ± std over seeds")
@@ -85,13 +91,12 @@ def plot_methods_vs_round(curves: dict[str, dict[int, dict[str, float]]], settin
                           title: str) -> Path:
     """One panel per setting: mean accuracy per evaluated round, one line per method."""
     fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 4.5), sharey=True, squeeze=False)
-    colors = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20").colors
+    styles = _method_styles(len(curves))
     for ax, setting in zip(axes[0], settings, strict=True):
-        for i, (method, per_round) in enumerate(curves.items()):
+        for (method, per_round), style in zip(curves.items(), styles, strict=True):
             # round 0 (the untrained model, ~10%) is left out: it would squash the curves
             rounds = [r for r, cells in per_round.items() if setting in cells and r > 0]
-            ax.plot(rounds, [100 * per_round[r][setting] for r in rounds], marker=".", label=method,
-                    color=colors[i % len(colors)], linestyle="-" if i < len(colors) else "--")
+            ax.plot(rounds, [100 * per_round[r][setting] for r in rounds], marker=".", label=method, **style)
         ax.set_title(_bits_axis([setting])[0])
         ax.set_xlabel("round")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
