@@ -152,3 +152,26 @@ def test_frozen_weights_follow_a_new_learned_range():
         wq.range.fill_(0.3)  # only the learned range changes (s = 0.1)
         assert not torch.equal(wq(w), before)
         assert torch.allclose(wq(w), torch.tensor([[0.3, -0.3, 0.3, -0.1]]), atol=1e-6)
+
+
+def test_channels_last_inputs_give_the_same_values_gradients_and_layout():
+    torch.manual_seed(0)
+    x = torch.randn(4, 6, 5, 5) * 2
+    w = torch.randn(6, 6, 3, 3)
+    aq = ActivationQuantizer().eval()
+    aq.min_val.fill_(-1.5)
+    aq.max_val.fill_(2.0)
+    aq.set_bits(3)
+    wq = weight_quantizer(w, 4)
+    wq.set_clip(torch.linspace(0.5, 1.0, 6))  # some channels clipped: the masked STE path
+    outs = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        xi = x.clone(memory_format=fmt).requires_grad_()
+        wi = w.clone(memory_format=fmt).requires_grad_()
+        ya, yw = aq(xi), wq(wi)
+        (ya * torch.arange(ya.numel()).reshape(ya.shape)).sum().backward()
+        (yw * torch.arange(yw.numel()).reshape(yw.shape)).sum().backward()
+        assert ya.is_contiguous(memory_format=fmt) and yw.is_contiguous(memory_format=fmt)
+        outs.append((ya.detach(), yw.detach(), xi.grad, wi.grad))
+    for a, b in zip(*outs, strict=True):
+        assert torch.equal(a, b)
