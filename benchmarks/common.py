@@ -33,6 +33,13 @@ def apply_allocator_option(args) -> str:
     return "allocator: freed memory retained" if retain_freed_memory() else "allocator: defaults (not glibc)"
 
 
+def training_bound(clients: list[dict], workers: int) -> float:
+    """Least time ``workers`` workers need for a round's local training: the clients' summed
+    ``seconds`` shared out, or the slowest client alone (clients are not split)."""
+    seconds = [c["seconds"] for c in clients]
+    return max(sum(seconds) / workers, max(seconds))
+
+
 class TreeMemorySampler:
     """Peak of the summed RSS of a process and all its descendants (Ray's raylet and workers)."""
 

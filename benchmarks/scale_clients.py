@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import TreeMemorySampler
+from benchmarks.common import TreeMemorySampler, training_bound
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,8 +42,7 @@ def run_size(num_clients: int, rounds: int, tiny: bool) -> tuple[float, float, f
             raise SystemExit(f"run with {num_clients} clients failed:\n{err[-2000:]}")
         res = json.loads((Path(out) / "results.json").read_text())
     rounds_s = res["timing"]["round_s"]
-    clients = [r["train"]["clients"] for r in res["rounds"][1:]]
-    busy = [max(sum(c["seconds"] for c in cs) / 2, max(c["seconds"] for c in cs)) for cs in clients]
+    busy = [training_bound(r["train"]["clients"], workers=2) for r in res["rounds"][1:]]
     overhead = [t - b for t, b in zip(rounds_s, busy, strict=True)]
     return mem.peak / 2**20, statistics.median(rounds_s[1:] or rounds_s), statistics.median(overhead[1:] or overhead)
 

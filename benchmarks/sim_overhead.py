@@ -22,7 +22,7 @@ import time
 import psutil
 import torch
 
-from benchmarks.common import allocator_option, apply_allocator_option, make_config
+from benchmarks.common import allocator_option, apply_allocator_option, make_config, training_bound
 from fedquant.app import experiment_specs, run_experiment, training_plan
 from fedquant.bitwidths import parse_setting, setting_source
 from fedquant.protocol import load_transport_state, transport_state
@@ -100,12 +100,12 @@ def main() -> None:
           f"{p_steady:.2f} s/round steady, round 1 ends at {plain_first:.1f} s")
     print(f"fedquant (Flower + Ray, {cfg['simulation']['num_cpus_per_client']} CPU per worker): "
           f"{s_steady:.2f} s/round steady, round 1 ends at {results['timing']['to_round1_end_s']:.1f} s")
-    busy = [sum(c["seconds"] for c in r["train"]["clients"]) for r in results["rounds"][2:] if "train" in r]
-    slowest = [max(c["seconds"] for c in r["train"]["clients"]) for r in results["rounds"][2:] if "train" in r]
+    trained = [r["train"]["clients"] for r in results["rounds"][2:] if "train" in r]
     workers = max(1, int(psutil.cpu_count() // cfg["simulation"]["num_cpus_per_client"]))
-    print(f"  inside fedquant's clients: {statistics.median(busy):.2f} s of local training per round "
-          f"(slowest client {statistics.median(slowest):.2f} s); {workers} workers could finish it in "
-          f"{max(statistics.median(busy) / workers, statistics.median(slowest)):.2f} s")
+    busy = statistics.median(sum(c["seconds"] for c in cs) for cs in trained)
+    bound = statistics.median(training_bound(cs, workers) for cs in trained)
+    print(f"  inside fedquant's clients: {busy:.2f} s of local training per round; {workers} workers "
+          f"could finish it in {bound:.2f} s")
     print(f"ratio fedquant/plain (steady state): {s_steady / p_steady:.2f}")
 
 

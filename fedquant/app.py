@@ -17,7 +17,7 @@ from clients import ClientSetup, make_client_app
 from strategies import Profile, RoundReport, TrainingPlan, build_strategy
 
 from .allocator import retain_freed_memory
-from .bitwidths import parse_settings, setting_name
+from .bitwidths import Setting, parse_settings, setting_name
 from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint
 from .evaluation import Evaluator
 from .protocol import train_record, transport_state
@@ -53,6 +53,12 @@ def training_plan(cfg: Mapping) -> TrainingPlan:
 
 def _train_config(client: Mapping) -> ConfigRecord:
     return ConfigRecord(train_record(client))
+
+
+def evaluation_settings(names, profiles: list[Profile], key: str = "eval.settings") -> list[Setting]:
+    """The settings the server tests: ``names`` plus every device profile's deployment settings."""
+    settings = parse_settings(names, key)
+    return settings + [s for p in profiles for s in p.settings if s not in settings]
 
 
 def _per_profile(profiles: list[Profile], accuracy: dict[str, float]) -> dict[str, dict[str, float]]:
@@ -128,8 +134,7 @@ def run_experiment(cfg: Mapping, output_dir: str | Path, group: str | None = Non
     fed = federated_data(data_spec)  # DatasetError here: before Ray starts
     plan = training_plan(cfg)
     profiles = plan.profiles
-    settings = parse_settings(ev["settings"], "eval.settings")
-    settings += [s for p in profiles for s in p.settings if s not in settings]  # every profile's deployment
+    settings = evaluation_settings(ev["settings"], profiles)
     model = build_quantized_model(model_spec, fed.data, seed=cfg["seed"])
     evaluator = Evaluator(copy.deepcopy(model), fed.data, fed.holdout, settings, ev["estimator"],
                           ev["reestimate_bn"], ev["batch_size"], select_device(sim["device"]))
@@ -262,4 +267,4 @@ def assemble_results(cfg: Mapping, reports: dict, evals: dict[int, dict], profil
             "model_bytes": model_bytes, "wall_time_s": wall_time}
 
 
-__all__ = ["assemble_results", "experiment_specs", "run_experiment", "training_plan", "write_outputs"]
+__all__ = ["assemble_results", "evaluation_settings", "experiment_specs", "run_experiment", "training_plan", "write_outputs"]

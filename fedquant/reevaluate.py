@@ -18,8 +18,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .app import _per_profile, experiment_specs, training_plan
-from .bitwidths import parse_settings
+from .app import _per_profile, evaluation_settings, experiment_specs, training_plan
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from .evaluation import Evaluator
 from .quant.config import ESTIMATORS
@@ -40,8 +39,7 @@ def reevaluate_job(job: Path, out: Path, estimator: str, reestimate_bn: bool, on
     data_spec, model_spec = experiment_specs(cfg)
     fed = federated_data(data_spec)
     profiles = training_plan(cfg).profiles
-    settings = list(dict.fromkeys(parse_settings(only or cfg["eval"]["settings"], "--settings")
-                                  + [s for p in profiles for s in p.settings]))
+    settings = evaluation_settings(only or cfg["eval"]["settings"], profiles, "--settings")
     evaluator = Evaluator(build_quantized_model(model_spec, fed.data, seed=cfg["seed"]), fed.data, fed.holdout,
                           settings, estimator, reestimate_bn, cfg["eval"]["batch_size"])
     evals = evaluator(payload["arrays"])
