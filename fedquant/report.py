@@ -1,8 +1,9 @@
 """``python -m fedquant.report <sweep dir>``: comparison tables and plots for a Hydra sweep.
 
-Jobs are grouped into methods by their Hydra overrides (those that differ between jobs, seed
-excluded); each cell is the mean +- sample standard deviation over a method's seeds of the final
-test accuracy at one evaluation setting. Also reported: the accuracy per evaluated round (mean
+Jobs are grouped into methods by their Hydra overrides (those that differ between jobs; seed,
+and ``resume``/``resume_from`` excluded: a continued run is the same method); each cell is the
+mean +- sample standard deviation over a method's seeds of the final test accuracy at one
+evaluation setting. Also reported: the accuracy per evaluated round (mean
 over seeds; the convergence curves), per device profile when the runs have profiles, and the
 jobs' wall time. Writes report.md, report.csv, report.png (accuracy vs bit-width) and
 report_rounds.png (accuracy vs round) in the sweep directory (or ``--out``) and prints report.md.
@@ -34,7 +35,7 @@ def collect(sweep_dir: Path) -> tuple[dict[str, list[dict]], list[Path]]:
     job_dirs = sorted({p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")} |
                       {p.parent for p in sweep_dir.rglob("results.json")},
                       key=lambda d: (int(d.name) if d.name.isdigit() else float("inf"), str(d)))  # job order
-    overrides = {d: [o for o in _overrides(d) if not o.split("=")[0].lstrip("+").startswith(("seed", "hydra."))]
+    overrides = {d: [o for o in _overrides(d) if not o.split("=")[0].lstrip("+").startswith(("seed", "hydra.", "resume"))]
                  for d in job_dirs}
     shared = set.intersection(*(set(o) for o in overrides.values())) if overrides else set()
     methods: dict[str, list[dict]] = {}

@@ -146,6 +146,20 @@ def test_sigkill_mid_round_then_resume_matches_uninterrupted(tmp_path):
         assert strip_seconds(ra) == strip_seconds(rb)
 
 
+def test_extending_a_finished_run_equals_the_longer_run(tmp_path):
+    """``resume_from=<finished run> num_rounds=<more>`` gives what ``num_rounds=<more>`` gives from
+    the start (how docs/results.md continued the study's Dirichlet runs)."""
+    common = (*TINY, "eval.every=2", "eval.settings=[fp,w2a2]")
+    longer = run_experiment(make_config(*common, "num_rounds=3"), tmp_path / "longer")
+    run_experiment(make_config(*common, "num_rounds=2"), tmp_path / "short")
+    extended = run_experiment(make_config(*common, "num_rounds=3", f"resume_from={tmp_path / 'short'}"),
+                              tmp_path / "extended")
+    assert extended["resumed_from"]["round"] == 2
+    assert extended["final"] == longer["final"]
+    assert [r.get("eval") for r in extended["rounds"]] == [r.get("eval") for r in longer["rounds"]]
+    assert [strip_seconds(r) for r in extended["rounds"]] == [strip_seconds(r) for r in longer["rounds"]]
+
+
 def test_resume_true_finds_the_newest_checkpoint_of_another_run(tmp_path):
     from fedquant.checkpoint import find_checkpoint
 
