@@ -5,7 +5,9 @@ steps (fedquant.training.train_local) and example-weighted averaging. The plain 
 physical limit of the local training in one process (all cores as intra-op threads); fedquant runs
 it through Flower's simulation engine on Ray (``simulation.num_cpus_per_client`` per worker).
 Prints steady-state seconds per round (median of rounds 2..R, no evaluation inside) and the time
-from start to the end of round 1, for both, and their ratio.
+from start to the end of round 1, for both, and their ratio; and the cost of one local step
+(wall and CPU time) inside fedquant's workers against the same round's clients trained in this
+process with one thread.
 
     python -m benchmarks.sim_overhead                      # Fashion-MNIST CNN, 100 clients, 10/round
     python -m benchmarks.sim_overhead --rounds 3 --tiny    # digits MLP, seconds (used by the tests)
@@ -34,36 +36,60 @@ from fedquant.workspace import (
 )
 
 
-def plain_fedavg(cfg: dict) -> tuple[list[float], float]:
-    """Sequential FedAvg in one process; returns (seconds per round, seconds to the end of round 1)."""
+class PlainFedAvg:
+    """Sequential FedAvg in one process, on the same plan (clients, seeds, bit-widths) as fedquant."""
+
+    def __init__(self, cfg: dict) -> None:
+        spec, model_spec = experiment_specs(cfg)
+        federated_data.cache_clear()
+        self.fed = federated_data(spec)
+        self.device = select_device(cfg["simulation"]["device"])
+        self.model = build_quantized_model(model_spec, self.fed.data, seed=cfg["seed"]).to(self.device)
+        self.plan = training_plan(cfg)
+        c = cfg["client"]
+        self.train_cfg = TrainConfig(c["local_epochs"], c["batch_size"], c["lr"], c["momentum"], c["weight_decay"])
+        self.global_state = {k: v.clone() for k, v in transport_state(self.model).items()}
+
+    def train_client(self, r: int, client: int):
+        load_transport_state(self.model, self.global_state)
+        sampling, settings = self.plan.assignment(r, client)
+        seed = self.plan.client_seed(r, client)
+        return train_local(self.model, self.fed.data, self.fed.clients[client], self.train_cfg,
+                           setting_source(sampling, [parse_setting(x) for x in settings], seed), seed, self.device)
+
+    def run_round(self, r: int) -> None:
+        total, acc = 0, {k: torch.zeros_like(v) for k, v in self.global_state.items()}
+        for client in self.plan.sample_clients(r):
+            res = self.train_client(r, client)
+            for k, v in transport_state(self.model).items():
+                acc[k] += v * res.num_examples
+            total += res.num_examples
+        self.global_state = {k: v / total for k, v in acc.items()}
+
+    def step_cost(self, r: int, threads: int = 1) -> tuple[float, float]:
+        """(wall, CPU) seconds per local step over round ``r``'s clients, with ``threads`` threads."""
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        wall, cpu, steps = time.perf_counter(), time.thread_time(), 0
+        for client in self.plan.sample_clients(r):
+            steps += self.train_client(r, client).steps
+        wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+        torch.set_num_threads(before)
+        return wall / steps, cpu / steps
+
+
+def plain_fedavg(cfg: dict) -> tuple[list[float], float, tuple[float, float]]:
+    """(seconds per round, seconds to the end of round 1, 1-thread (wall, CPU) s per step)."""
     start = time.perf_counter()
-    spec, model_spec = experiment_specs(cfg)
-    federated_data.cache_clear()
-    fed = federated_data(spec)
-    device = select_device(cfg["simulation"]["device"])
-    model = build_quantized_model(model_spec, fed.data, seed=cfg["seed"]).to(device)
-    plan = training_plan(cfg)
-    c = cfg["client"]
-    train_cfg = TrainConfig(c["local_epochs"], c["batch_size"], c["lr"], c["momentum"], c["weight_decay"])
-    global_state = {k: v.clone() for k, v in transport_state(model).items()}
+    plain = PlainFedAvg(cfg)
     times, first = [], None
     for r in range(1, cfg["num_rounds"] + 1):
         t = time.perf_counter()
-        total, acc = 0, {k: torch.zeros_like(v) for k, v in global_state.items()}
-        for client in plan.sample_clients(r):
-            load_transport_state(model, global_state)
-            sampling, settings = plan.assignment(r, client)
-            seed = plan.client_seed(r, client)
-            res = train_local(model, fed.data, fed.clients[client], train_cfg,
-                              setting_source(sampling, [parse_setting(x) for x in settings], seed), seed, device)
-            for k, v in transport_state(model).items():
-                acc[k] += v * res.num_examples
-            total += res.num_examples
-        global_state = {k: v / total for k, v in acc.items()}
+        plain.run_round(r)
         now = time.perf_counter()
         times.append(now - t)
         first = first or now - start
-    return times, first
+    return times, first, plain.step_cost(min(2, cfg["num_rounds"]))
 
 
 def main() -> None:
@@ -90,7 +116,7 @@ def main() -> None:
           f"bits per step from {cfg['strategy']['bits']}, {args.rounds} rounds, device {select_device('auto')}, "
           f"{allocator} (both)")
 
-    plain, plain_first = plain_fedavg(cfg)
+    plain, plain_first, (step_wall, step_cpu) = plain_fedavg(cfg)
     with tempfile.TemporaryDirectory() as out:
         federated_data.cache_clear()
         results = run_experiment(cfg, out)
@@ -106,6 +132,11 @@ def main() -> None:
     bound = statistics.median(training_bound(cs, workers) for cs in trained)
     print(f"  inside fedquant's clients: {busy:.2f} s of local training per round; {workers} workers "
           f"could finish it in {bound:.2f} s")
+    clients = [c for cs in trained for c in cs]
+    steps = sum(sum(c["bits_used"].values()) for c in clients)
+    print(f"  one local step: {1e3 * sum(c['seconds'] for c in clients) / steps:.1f} ms wall, "
+          f"{1e3 * sum(c['cpu_seconds'] for c in clients) / steps:.1f} ms CPU inside the workers; "
+          f"{1e3 * step_wall:.1f} ms wall, {1e3 * step_cpu:.1f} ms CPU in this process with 1 thread")
     print(f"ratio fedquant/plain (steady state): {s_steady / p_steady:.2f}")
 
 

@@ -58,7 +58,7 @@ def handle_train(setup: ClientSetup, msg: Message, node_index: int = -1) -> Mess
     device = next(model.parameters()).device
     P.load_transport_state(model, msg.content.array_records[P.ARRAYS].to_torch_state_dict())
     next_setting = setting_source(str(cfg[P.SAMPLING]), [parse_setting(s) for s in cfg[P.SETTINGS]], seed)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.thread_time()
     try:
         result = train_local(model, fed.data, fed.clients[client], TrainConfig(**P.train_fields(cfg)), next_setting, seed, device)
     except Exception as err:
@@ -68,7 +68,8 @@ def handle_train(setup: ClientSetup, msg: Message, node_index: int = -1) -> Mess
         state = {k: torch.full_like(v, float("nan")) for k, v in state.items()}
     metrics = MetricRecord({P.NUM_EXAMPLES: result.num_examples, P.TRAIN_LOSS: result.loss,
                             P.PARTITION: client, P.BITS_HIST: P.encode_bits(result.bits_used),
-                            P.TRAIN_SECONDS: time.perf_counter() - start, P.NODE_INDEX: node_index})
+                            P.TRAIN_SECONDS: time.perf_counter() - start,
+                            P.TRAIN_CPU_SECONDS: time.thread_time() - cpu_start, P.NODE_INDEX: node_index})
     return Message(RecordDict({P.ARRAYS: ArrayRecord(state), P.METRICS: metrics}), reply_to=msg)
 
 

@@ -35,6 +35,7 @@ NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"
 BITS_HIST = "bits-hist"  # list[int]: steps per (weight, act) setting, see encode_bits
 TRAIN_SECONDS = "train-seconds"  # wall time of the client's local training
+TRAIN_CPU_SECONDS = "train-cpu-seconds"  # CPU time of the worker thread during it
 NODE_INDEX = "node-index"  # the virtual node's index in the simulation engine (-1: unknown)
 
 _SIDE = MAX_BITS + 1  # index 0 = float, 2..16 = bits (1 unused)

@@ -62,6 +62,7 @@ class ClientReport:
     loss: float
     bits_used: dict[str, int]
     seconds: float = 0.0  # the client's local training wall time
+    cpu_seconds: float = 0.0  # CPU time of the training thread meanwhile (< seconds when preempted)
 
 
 @dataclass
@@ -210,7 +211,7 @@ class QuantAwareMixin:
             client = int(m[P.PARTITION])
             report.clients.append(ClientReport(client, self.plan.profile_name(client), int(m[P.NUM_EXAMPLES]),
                                                float(m[P.TRAIN_LOSS]), P.decode_bits(m[P.BITS_HIST]),
-                                               float(m[P.TRAIN_SECONDS])))
+                                               float(m[P.TRAIN_SECONDS]), float(m[P.TRAIN_CPU_SECONDS])))
         self.reports[r] = report
         arrays, metrics = super().aggregate_train(r, good)
         # NaN/Inf in any reply's weights propagates into the (weighted) aggregate, so the replies

@@ -20,5 +20,5 @@ TINY = ("num_clients=6", "clients_per_round=3", "num_rounds=2", "client.local_ep
 
 
 def strip_seconds(round_entry: dict) -> list[dict]:
-    """A results.json round's client reports minus their wall time (differs between identical runs)."""
-    return [{k: v for k, v in c.items() if k != "seconds"} for c in round_entry.get("train", {}).get("clients", [])]
+    """A results.json round's client reports minus their wall and CPU time (differ between identical runs)."""
+    return [{k: v for k, v in c.items() if k not in ("seconds", "cpu_seconds")} for c in round_entry.get("train", {}).get("clients", [])]

@@ -30,6 +30,8 @@ def test_eval_cost_runs():
 def test_sim_overhead_runs():
     out = bench("benchmarks.sim_overhead", "--tiny", "--rounds", "2")
     assert re.search(r"ratio fedquant/plain \(steady state\): \d+\.\d\d", out)
+    assert re.search(r"one local step: \d+\.\d ms wall, \d+\.\d ms CPU inside the workers; \d+\.\d ms wall, "
+                     r"\d+\.\d ms CPU in this process with 1 thread", out)
 
 
 @pytest.mark.slow

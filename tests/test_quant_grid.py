@@ -175,3 +175,24 @@ def test_channels_last_inputs_give_the_same_values_gradients_and_layout():
         outs.append((ya.detach(), yw.detach(), xi.grad, wi.grad))
     for a, b in zip(*outs, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_cpu_zero_point_in_the_clamp_bounds_equals_shifting_by_it(bits):
+    """On CPU the zero-point moves into the clamp bounds; values and STE mask must equal the
+    formula with the shift, also far outside the range (where round(x/s) + z is not exact)."""
+    big = [3e7, -3e7, 1e30, -1e30, float("inf"), float("-inf"), 16777217.0, -16777217.0]
+    x = torch.cat([torch.randn(997) * 3, torch.tensor(big)]).requires_grad_()
+    lo, hi = torch.tensor(-1.3), torch.tensor(2.9)
+    aq = ActivationQuantizer().eval()
+    aq.min_val.copy_(lo)
+    aq.max_val.copy_(hi)
+    aq.set_bits(bits)
+    out = aq(x)
+    out.backward(torch.ones_like(out))
+    s, z = asymmetric_qparams(lo, hi, bits)
+    shifted = torch.round(x.detach() * s.reciprocal()) + z
+    expected = (shifted.clamp(0, 2**bits - 1) - z) * s
+    assert torch.equal(out.detach(), expected)
+    assert torch.equal(x.grad, ((shifted >= 0) & (shifted <= 2**bits - 1)).float())
+    assert 0 < x.grad.sum() < len(x)  # both sides of the mask are exercised

@@ -32,13 +32,13 @@ def run_inprocess(*overrides, server="fedavg", **server_options):
 
 def without_seconds(strategy) -> list[dict]:
     """Client reports minus their wall time (which differs between identical runs)."""
-    return [{k: v for k, v in vars(c).items() if k != "seconds"} for r in strategy.reports.values() for c in r.clients]
+    return [{k: v for k, v in vars(c).items() if k not in ("seconds", "cpu_seconds")} for r in strategy.reports.values() for c in r.clients]
 
 
 def fake_reply(request: Message, partition: int, n: int, value: float) -> Message:
     arrays = ArrayRecord({"w": torch.full((2, 3), value), "b": torch.tensor([value])})
     metrics = MetricRecord({P.NUM_EXAMPLES: n, P.TRAIN_LOSS: value, P.PARTITION: partition, P.BITS_HIST: [0] * 289,
-                            P.TRAIN_SECONDS: 0.1})
+                            P.TRAIN_SECONDS: 0.1, P.TRAIN_CPU_SECONDS: 0.1})
     return Message(RecordDict({P.ARRAYS: arrays, P.METRICS: metrics}), reply_to=request)
 
 

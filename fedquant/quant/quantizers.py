@@ -84,7 +84,14 @@ class FakeQuantize(torch.autograd.Function):
         if permuted and scale.dim() == 4:
             scale = scale.permute(0, 2, 3, 1)
         q = torch.mul(xm, scale.reciprocal()).round_()  # same rounding as torch: nearbyint(x * inv_s)
-        if zero_point is not None:
+        shift = zero_point is not None
+        if shift and x.device.type == "cpu" and zero_point.numel() == 1:
+            # clamp(q + z, qmin, qmax) - z == clamp(q, qmin - z, qmax - z) bit for bit (q and z are
+            # integers; where q + z is not exact, both sides clamp): two passes fewer. Reading z
+            # costs nothing on CPU; on a GPU it would be a host sync, so there z stays a tensor.
+            z = float(zero_point)
+            qmin, qmax, shift = qmin - z, qmax - z, False
+        if shift:
             q.add_(zero_point)
         keep_mask = ctx.needs_input_grad[0] and not clip_free
         out = q.clamp(qmin, qmax) if keep_mask else q.clamp_(qmin, qmax)
@@ -92,7 +99,7 @@ class FakeQuantize(torch.autograd.Function):
             mask = torch.eq(q, out, out=q)  # float 1/0 in q's own memory
             ctx.save_for_backward(mask.permute(0, 3, 1, 2) if permuted else mask)
         ctx.clip_free = clip_free
-        if zero_point is not None:
+        if shift:
             out.sub_(zero_point)
         out.mul_(scale)
         return out.permute(0, 3, 1, 2) if permuted else out
