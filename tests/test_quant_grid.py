@@ -121,7 +121,7 @@ def test_clipped_weights_get_masked_gradient_also_after_loading():
     assert w.grad.tolist() == [[0.0, 0.0, 1.0, 1.0]]
     fresh = weight_quantizer(w, 4)
     fresh.load_state_dict(wq.state_dict())
-    assert fresh.clipped
+    assert not fresh.clips_nothing(7)
     w.grad = None
     fresh(w).backward(torch.ones(1, 4))
     assert w.grad.tolist() == [[0.0, 0.0, 1.0, 1.0]]
@@ -196,3 +196,31 @@ def test_cpu_zero_point_in_the_clamp_bounds_equals_shifting_by_it(bits):
     assert torch.equal(out.detach(), expected)
     assert torch.equal(x.grad, ((shifted >= 0) & (shifted <= 2**bits - 1)).float())
     assert 0 < x.grad.sum() < len(x)  # both sides of the mask are exercised
+
+
+@pytest.mark.parametrize("bits", [*BITS, 16])
+def test_a_clip_a_few_ulps_below_one_clips_nothing(bits):
+    """Averaging clip = 1 over clients gives 0.99999976; that must not turn on the masked STE
+    (slower) and indeed nothing is clipped: the explicit mask is all ones."""
+    torch.manual_seed(bits)
+    w = (torch.randn(16, 40) * torch.logspace(-3, 1, 16).unsqueeze(1)).requires_grad_()
+    wq = weight_quantizer(w, bits)
+    wq.set_clip(torch.full_like(wq.clip, 0.99999976))
+    qmax = weight_grid(bits, True)[1]
+    assert wq.clips_nothing(qmax)
+    wq(w).backward(torch.ones_like(w))
+    q = torch.round(w.detach() * wq.scale(w).reshape(-1, 1).reciprocal())
+    assert bool(((q >= -qmax) & (q <= qmax)).all()) and torch.equal(w.grad, torch.ones_like(w))
+    wq.set_clip(torch.full_like(wq.clip, qmax / (qmax + 0.5)))  # the largest |w| rounds outside
+    assert not wq.clips_nothing(qmax)
+
+
+def test_masked_weight_quantization_keeps_the_strides_of_a_one_channel_conv_weight():
+    w = torch.randn(32, 1, 3, 3).to(memory_format=torch.channels_last).requires_grad_()  # as model.to() makes it
+    assert w.stride() == (9, 1, 3, 1)  # size-1 channel dim: ambiguous, conv reads it as channels_last
+    wq = weight_quantizer(w, 4)
+    wq.set_clip(torch.full_like(wq.clip, 0.5))  # the masked (out-of-place) path
+    assert wq(w).stride() == w.stride()
+    conv = torch.nn.functional.conv2d
+    x = torch.randn(2, 1, 8, 8).contiguous(memory_format=torch.channels_last)
+    assert conv(x, wq(w)).is_contiguous(memory_format=torch.channels_last)

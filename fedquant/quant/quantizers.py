@@ -94,7 +94,10 @@ class FakeQuantize(torch.autograd.Function):
         if shift:
             q.add_(zero_point)
         keep_mask = ctx.needs_input_grad[0] and not clip_free
-        out = q.clamp(qmin, qmax) if keep_mask else q.clamp_(qmin, qmax)
+        # empty_like keeps q's exact strides, also those of size-1 dims, which a plain
+        # out-of-place clamp may rewrite: a (32, 1, 3, 3) channels_last weight would come back
+        # in the default layout and turn the first conv's whole stage NCHW (~40% slower steps).
+        out = torch.clamp(q, qmin, qmax, out=torch.empty_like(q)) if keep_mask else q.clamp_(qmin, qmax)
         if keep_mask:
             mask = torch.eq(q, out, out=q)  # float 1/0 in q's own memory
             ctx.save_for_backward(mask.permute(0, 3, 1, 2) if permuted else mask)
@@ -132,7 +135,7 @@ class WeightQuantizer(nn.Module):
         self.register_buffer("clip", torch.ones(channels))
         self.register_buffer("_zero_point", torch.zeros(channels, dtype=torch.int32), persistent=False)
         self.view = (-1,) + (1,) * (weight.dim() - 1)  # scale shape that broadcasts over a channel
-        self.clipped = False  # True once some clip < 1 (then the STE needs its mask); see _sync_clipped
+        self.min_clip = 1.0  # host copy of clip.min(): decides whether the STE needs its mask
         self._frozen: tuple | None = None  # (key, w_hat): reused while no gradient is needed
         if learned:
             self.range = nn.Parameter(self._absmax(weight.detach()).clone())
@@ -146,16 +149,25 @@ class WeightQuantizer(nn.Module):
         self.bits = check_bits(bits, "weight_bits")
 
     def set_clip(self, clip: torch.Tensor) -> None:
-        """Set the clip fractions (MSE calibration); keeps the ``clipped`` fast-path flag true."""
+        """Set the clip fractions (MSE calibration); keeps ``min_clip`` true."""
         self.clip.copy_(clip)
-        self._sync_clipped()
+        self._sync_min_clip()
 
-    def _sync_clipped(self) -> None:
-        self.clipped = bool((self.clip < 1).any())  # one host sync, at calibration/load only
+    def _sync_min_clip(self) -> None:
+        self.min_clip = float(self.clip.min())  # one host sync, at calibration/load only
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
-        self._sync_clipped()
+        self._sync_min_clip()
+
+    def clips_nothing(self, qmax: int) -> bool:
+        """True when no weight can round outside the grid, so the STE mask is all ones.
+
+        ``|w| <= max|w|`` maps to at most ``qmax / clip`` grid steps, which rounds to ``qmax``
+        while ``qmax / clip < qmax + 1/2`` (1e-6 covers the float rounding of the scale). A clip
+        a few ulps below 1, as averaging ``clip = 1`` across clients gives, clips nothing.
+        """
+        return self.min_clip * (qmax + 0.5) > qmax * (1 + 1e-6)
 
     def scale(self, w: torch.Tensor) -> torch.Tensor:
         """Scale for the current bit-width (per channel, or shape [1])."""
@@ -188,7 +200,7 @@ class WeightQuantizer(nn.Module):
             return torch._fake_quantize_learnable_per_channel_affine(w, scale, zero, 0, qmin, qmax, grad_factor)
         if self.granularity == "per_channel":
             scale = scale.reshape(self.view)
-        return FakeQuantize.apply(w, scale, None, qmin, qmax, not self.clipped)
+        return FakeQuantize.apply(w, scale, None, qmin, qmax, self.clips_nothing(qmax))
 
 
 class ActivationQuantizer(nn.Module):
