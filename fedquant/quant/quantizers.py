@@ -74,7 +74,7 @@ class FakeQuantize(torch.autograd.Function):
     ``scale``/``zero_point`` are float tensors broadcastable to ``x`` (``zero_point`` may be None
     for symmetric grids); per-channel scales index axis 0. ``clip_free=True`` promises that no
     element can fall outside the grid (e.g. weights with the range ``max|w|``): then the mask is
-    all ones and backward is the identity, so nothing is saved. The output has ``x``'s layout.
+    all ones, backward is the identity and the clamp is skipped. The output has ``x``'s layout.
     """
 
     @staticmethod
@@ -97,7 +97,10 @@ class FakeQuantize(torch.autograd.Function):
         # empty_like keeps q's exact strides, also those of size-1 dims, which a plain
         # out-of-place clamp may rewrite: a (32, 1, 3, 3) channels_last weight would come back
         # in the default layout and turn the first conv's whole stage NCHW (~40% slower steps).
-        out = torch.clamp(q, qmin, qmax, out=torch.empty_like(q)) if keep_mask else q.clamp_(qmin, qmax)
+        if keep_mask:
+            out = torch.clamp(q, qmin, qmax, out=torch.empty_like(q))
+        else:
+            out = q if clip_free else q.clamp_(qmin, qmax)  # clip_free: the clamp would change nothing
         if keep_mask:
             mask = torch.eq(q, out, out=q)  # float 1/0 in q's own memory
             ctx.save_for_backward(mask.permute(0, 3, 1, 2) if permuted else mask)
