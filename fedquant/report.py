@@ -1,4 +1,4 @@
-"""``python -m fedquant.report <sweep dir>``: comparison tables and plots for a Hydra sweep.
+"""``python -m fedquant.report <sweep dir>...``: comparison tables and plots for Hydra sweeps.
 
 Jobs are grouped into methods by their Hydra overrides (those that differ between jobs; seed,
 and ``resume``/``resume_from`` excluded: a continued run is the same method); each cell is the
@@ -7,6 +7,7 @@ evaluation setting. Also reported: the accuracy per evaluated round (mean
 over seeds; the convergence curves), per device profile when the runs have profiles, and the
 jobs' wall time. Writes report.md, report.csv, report.png (accuracy vs bit-width) and
 report_rounds.png (accuracy vs round) in the sweep directory (or ``--out``) and prints report.md.
+Several sweeps, or single job folders, can be reported together (``--out`` is then required).
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ def _overrides(job_dir: Path) -> list[str]:
     return [str(o) for o in yaml.safe_load(path.read_text()) or []] if path.is_file() else []
 
 
-def collect(sweep_dir: Path) -> tuple[dict[str, list[dict]], list[Path]]:
+def collect(sweep_dirs: Path | list[Path]) -> tuple[dict[str, list[dict]], list[Path]]:
     """Final results grouped by method label; and the job folders that have no results.json."""
-    job_dirs = sorted({p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")} |
-                      {p.parent for p in sweep_dir.rglob("results.json")},
+    roots = [sweep_dirs] if isinstance(sweep_dirs, Path) else sweep_dirs
+    job_dirs = sorted({p.parent.parent for root in roots for p in root.rglob(".hydra/overrides.yaml")} |
+                      {p.parent for root in roots for p in root.rglob("results.json")},
                       key=lambda d: (int(d.name) if d.name.isdigit() else float("inf"), str(d)))  # job order
     overrides = {d: [o for o in _overrides(d) if not o.split("=")[0].lstrip("+").startswith(("seed", "hydra.", "resume"))]
                  for d in job_dirs}
@@ -130,11 +132,16 @@ def to_csv(table: dict) -> str:
     return buf.getvalue()
 
 
-def make_report(sweep_dir: Path, out: Path | None = None) -> str:
-    methods, missing = collect(sweep_dir)
+def make_report(sweep_dirs: Path | list[Path], out: Path | None = None) -> str:
+    roots = [sweep_dirs] if isinstance(sweep_dirs, Path) else sweep_dirs
+    methods, missing = collect(roots)
     if not methods:
-        raise SystemExit(f"error: no results.json under {sweep_dir}: pass the directory of a finished sweep (multirun/<date>/<time>)")
-    out = out or sweep_dir
+        where = " ".join(str(r) for r in roots)
+        raise SystemExit(f"error: no results.json under {where}: pass the directory of a finished sweep (multirun/<date>/<time>)")
+    if out is None and len(roots) > 1:
+        raise SystemExit("error: several sweeps given: say where the combined report goes with --out DIR")
+    out = out or roots[0]
+    name = roots[0].name if len(roots) == 1 else out.name
     out.mkdir(parents=True, exist_ok=True)
     table = summarize(methods)
     settings = list(dict.fromkeys(s for cells in table.values() for s in cells))
@@ -147,19 +154,22 @@ def make_report(sweep_dir: Path, out: Path | None = None) -> str:
     write_text_atomic(out / "report.md", markdown)
     write_text_atomic(out / "report.csv", to_csv(table))
     plot_methods_vs_bits({m: {s: c[:2] for s, c in cells.items()} for m, cells in table.items()},
-                         out / "report.png", f"Final accuracy vs bit-width ({sweep_dir.name})")
-    plot_methods_vs_round(curve, shown, out / "report_rounds.png", f"Accuracy vs round, mean over seeds ({sweep_dir.name})")
+                         out / "report.png", f"Final accuracy vs bit-width ({name})")
+    plot_methods_vs_round(curve, shown, out / "report_rounds.png", f"Accuracy vs round, mean over seeds ({name})")
     return markdown
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fedquant.report", description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun directory")
-    parser.add_argument("--out", type=Path, default=None, help="where to write report.* (default: sweep_dir)")
+    parser.add_argument("sweep_dirs", type=Path, nargs="+", metavar="sweep_dir",
+                        help="Hydra multirun directories, or single job folders")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where to write report.* (default: the sweep directory, when there is one)")
     args = parser.parse_args(argv)
-    if not args.sweep_dir.is_dir():
-        raise SystemExit(f"error: {args.sweep_dir} is not a directory: pass a multirun/<date>/<time> folder")
-    sys.stdout.write(make_report(args.sweep_dir, args.out))
+    for d in args.sweep_dirs:
+        if not d.is_dir():
+            raise SystemExit(f"error: {d} is not a directory: pass a multirun/<date>/<time> folder")
+    sys.stdout.write(make_report(args.sweep_dirs, args.out))
 
 
 if __name__ == "__main__":

@@ -119,16 +119,20 @@ def test_report_on_a_real_multirun(tmp_path):
 def test_report_groups_continued_runs_by_method_not_by_checkpoint(tmp_path):
     from fedquant.report import collect
 
-    jobs = {"6": ("seed=0", "+experiment=a", 0.5), "18": ("seed=1", "+experiment=a", 0.7), "7": ("seed=0", "+experiment=b", 0.9)}
+    jobs = {"a/6": ("seed=0", "+experiment=a", 0.5), "b/18": ("seed=1", "+experiment=a", 0.7),
+            "b/7": ("seed=0", "+experiment=b", 0.9)}  # two sweep folders, reported together
     for name, (seed, experiment, acc) in jobs.items():
         (tmp_path / name / ".hydra").mkdir(parents=True)
         overrides = [seed, experiment, "num_rounds=80", f"resume_from=multirun/study/{name}"]
         (tmp_path / name / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
         (tmp_path / name / "results.json").write_text(json.dumps({"final": {"fp": acc}}))
-    methods, missing = collect(tmp_path)
+    methods, missing = collect([tmp_path / "a", tmp_path / "b"])
     assert not missing
     assert {m: [r["final"]["fp"] for r in runs] for m, runs in methods.items()} == {"+experiment=a": [0.5, 0.7],
                                                                                    "+experiment=b": [0.9]}
+    proc = subprocess.run([sys.executable, "-m", "fedquant.report", str(tmp_path / "a"), str(tmp_path / "b")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.strip() == "error: several sweeps given: say where the combined report goes with --out DIR"
 
 
 def test_wandb_run_is_finished_with_failure_when_the_run_fails(tmp_path):
