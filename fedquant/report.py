@@ -31,9 +31,9 @@ def _overrides(job_dir: Path) -> list[str]:
     return [str(o) for o in yaml.safe_load(path.read_text()) or []] if path.is_file() else []
 
 
-def collect(sweep_dirs: Path | list[Path]) -> tuple[dict[str, list[dict]], list[Path]]:
-    """Final results grouped by method label; and the job folders that have no results.json."""
-    roots = [sweep_dirs] if isinstance(sweep_dirs, Path) else sweep_dirs
+def collect(roots: list[Path]) -> tuple[dict[str, list[dict]], list[Path]]:
+    """Final results under the sweep (or job) folders ``roots``, grouped by method label; and the
+    job folders that have no results.json."""
     job_dirs = sorted({p.parent.parent for root in roots for p in root.rglob(".hydra/overrides.yaml")} |
                       {p.parent for root in roots for p in root.rglob("results.json")},
                       key=lambda d: (int(d.name) if d.name.isdigit() else float("inf"), str(d)))  # job order
@@ -53,6 +53,11 @@ def collect(sweep_dirs: Path | list[Path]) -> tuple[dict[str, list[dict]], list[
     return methods, missing
 
 
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def summarize(methods: dict[str, list[dict]]) -> dict[str, dict[str, tuple[float, float, int]]]:
     """method -> setting -> (mean, std, number of seeds)."""
     table = {}
@@ -60,8 +65,7 @@ def summarize(methods: dict[str, list[dict]]) -> dict[str, dict[str, tuple[float
         cells = {}
         for setting in runs[0]["final"]:
             values = [r["final"][setting] for r in runs if setting in r["final"]]
-            std = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells[setting] = (statistics.fmean(values), std, len(values))
+            cells[setting] = (*_mean_std(values), len(values))
         table[method] = cells
     return table
 
@@ -89,8 +93,8 @@ def profiles_markdown(methods: dict[str, list[dict]]) -> str:
                 for setting, acc in accs.items():
                     cells.setdefault((profile, setting), []).append(acc)
         for (profile, setting), values in cells.items():
-            std = statistics.stdev(values) if len(values) > 1 else 0.0
-            lines.append(f"| {method} | {profile} | {setting} | {100 * statistics.fmean(values):.2f} ± {100 * std:.2f} |")
+            mean, std = _mean_std(values)
+            lines.append(f"| {method} | {profile} | {setting} | {100 * mean:.2f} ± {100 * std:.2f} |")
     if not lines:
         return ""
     return "\n## Per device profile\n\n| method | profile | setting | accuracy |\n|---|---|---|---|\n" + "\n".join(lines) + "\n"
@@ -132,8 +136,7 @@ def to_csv(table: dict) -> str:
     return buf.getvalue()
 
 
-def make_report(sweep_dirs: Path | list[Path], out: Path | None = None) -> str:
-    roots = [sweep_dirs] if isinstance(sweep_dirs, Path) else sweep_dirs
+def make_report(roots: list[Path], out: Path | None = None) -> str:
     methods, missing = collect(roots)
     if not methods:
         where = " ".join(str(r) for r in roots)

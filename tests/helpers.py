@@ -19,6 +19,9 @@ def make_config(*overrides: str) -> dict:
 TINY = ("num_clients=6", "clients_per_round=3", "num_rounds=2", "client.local_epochs=1", "quiet=true")
 
 
+TIMING_KEYS = ("seconds", "cpu_seconds")  # a client report's times: they differ between identical runs
+
+
 def strip_seconds(round_entry: dict) -> list[dict]:
-    """A results.json round's client reports minus their wall and CPU time (differ between identical runs)."""
-    return [{k: v for k, v in c.items() if k not in ("seconds", "cpu_seconds")} for c in round_entry.get("train", {}).get("clients", [])]
+    """A results.json round's client reports minus their wall and CPU time."""
+    return [{k: v for k, v in c.items() if k not in TIMING_KEYS} for c in round_entry.get("train", {}).get("clients", [])]

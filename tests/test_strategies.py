@@ -10,7 +10,7 @@ from fedquant.app import _train_config, experiment_specs, training_plan
 from fedquant.bitwidths import parse_settings
 from fedquant.workspace import build_quantized_model, federated_data
 from strategies import Profile, TrainingPlan, assign_profiles, build_strategy
-from tests.helpers import TINY, make_config
+from tests.helpers import TIMING_KEYS, TINY, make_config
 from tests.inprocess import InProcessGrid, set_identity
 
 
@@ -31,8 +31,8 @@ def run_inprocess(*overrides, server="fedavg", **server_options):
 
 
 def without_seconds(strategy) -> list[dict]:
-    """Client reports minus their wall time (which differs between identical runs)."""
-    return [{k: v for k, v in vars(c).items() if k not in ("seconds", "cpu_seconds")} for r in strategy.reports.values() for c in r.clients]
+    """Client reports minus their wall and CPU time (which differ between identical runs)."""
+    return [{k: v for k, v in vars(c).items() if k not in TIMING_KEYS} for r in strategy.reports.values() for c in r.clients]
 
 
 def fake_reply(request: Message, partition: int, n: int, value: float) -> Message:
