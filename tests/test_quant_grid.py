@@ -11,6 +11,7 @@ from fedquant.quant import (
     asymmetric_qparams,
     weight_grid,
 )
+from fedquant.quant.quantizers import host_asymmetric_qparams
 
 BITS = [2, 3, 4, 6, 8]
 
@@ -224,3 +225,47 @@ def test_masked_weight_quantization_keeps_the_strides_of_a_one_channel_conv_weig
     conv = torch.nn.functional.conv2d
     x = torch.randn(2, 1, 8, 8).contiguous(memory_format=torch.channels_last)
     assert conv(x, wq(w)).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_host_qparams_equal_the_tensor_formula_bit_for_bit():
+    """CPU activation quantizers compute scale and zero-point on host floats in float32 arithmetic."""
+    gen = torch.Generator().manual_seed(0)
+    magnitude = torch.logspace(-10, 6, 3000)
+    lo = torch.cat([-torch.rand(3000, generator=gen) * magnitude, torch.tensor([0.0, 0.0, 2.0, -0.5, -1e-9, -3e38])])
+    hi = torch.cat([torch.rand(3000, generator=gen) * magnitude, torch.tensor([0.0, -1.0, 3.0, 0.5, 1e-9, 3e38])])
+    for bits in range(2, 17):
+        scale, zero_point = asymmetric_qparams(lo, hi, bits)
+        host = torch.tensor([host_asymmetric_qparams(a, b, bits) for a, b in zip(lo.tolist(), hi.tolist(), strict=True)])
+        assert torch.equal(host[:, 0].float(), scale) and torch.equal(host[:, 1].float(), zero_point)
+    assert host_asymmetric_qparams(-0.5, 0.5, 2) == (float(np.float32(1 / 3)), 2.0)  # -lo / s = 1.5: ties to even
+
+
+@pytest.mark.parametrize("tracking", ["running", "hindsight"])
+def test_host_scalar_path_equals_the_device_path(tracking):
+    """Range tracking, values and STE gradients match the device path (used on GPUs) bit for bit."""
+    gen = torch.Generator().manual_seed(1)
+    host, device = ActivationQuantizer(tracking, momentum=0.37), ActivationQuantizer(tracking, momentum=0.37)
+    device.host_scalars = False
+    for step in range(40):
+        x = torch.randn(8, 3, 5, 5, generator=gen) * 10 ** (step % 7 - 3) + step % 3 - 1
+        x = torch.zeros_like(x) if step == 0 else x  # max == min: the range stays unobserved
+        results = []
+        for aq in (host, device):
+            aq.set_bits(BITS[step % len(BITS)])
+            aq.train(step < 30)
+            xi = x.clone().requires_grad_()
+            out = aq(xi)
+            out.backward(torch.arange(out.numel(), dtype=out.dtype).reshape(out.shape))
+            results.append((out.detach(), xi.grad, aq.min_val.clone(), aq.max_val.clone()))
+        for a, b in zip(*results, strict=True):
+            assert torch.equal(a, b), step
+    assert host.max_val > host.min_val
+
+
+@pytest.mark.parametrize("granularity", ["per_channel", "per_tensor"])
+def test_weight_range_is_the_largest_magnitude(granularity):
+    w = torch.tensor([[0.5, -2.0, 1.0], [0.0, -0.0, 0.0], [3.0, -3.0, 0.25], [-0.125, 0.0, 0.0]])
+    absmax = WeightQuantizer(w, granularity)._absmax(w)
+    expected = w.abs().amax(dim=1) if granularity == "per_channel" else w.abs().amax().reshape(1)
+    assert torch.equal(absmax, expected)
+    assert absmax.tolist() == ([2.0, 0.0, 3.0, 0.125] if granularity == "per_channel" else [3.0])
