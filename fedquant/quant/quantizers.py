@@ -86,8 +86,9 @@ def memory_order(x: torch.Tensor) -> torch.Tensor:
 class FakeQuantize(torch.autograd.Function):
     """``x_hat = (clamp(round(x * (1/s)) + z, qmin, qmax) - z) * s`` with the clipping-mask STE.
 
-    ``scale``/``zero_point`` are float tensors broadcastable to ``x`` (``zero_point`` may be None
-    for symmetric grids); per-channel scales index axis 0. ``clip_free=True`` promises that no
+    ``scale``/``zero_point`` are float tensors broadcastable to ``x``, or host floats for a
+    per-tensor grid (``zero_point`` may be None for symmetric grids); per-channel scales index
+    axis 0. ``clip_free=True`` promises that no
     element can fall outside the grid (e.g. weights with the range ``max|w|``): then the mask is
     all ones, backward is the identity and the clamp is skipped. The output has ``x``'s layout.
     """
@@ -96,7 +97,7 @@ class FakeQuantize(torch.autograd.Function):
     def forward(ctx, x, scale, zero_point, qmin, qmax, clip_free=False):  # noqa: D102
         xm = memory_order(x)
         permuted = xm is not x
-        if isinstance(scale, float):  # host scalars (per-tensor, CPU): see ActivationQuantizer
+        if isinstance(scale, float):
             inv_scale = float(np.float32(1.0) / np.float32(scale))
         else:
             if permuted and scale.dim() == 4:
@@ -104,12 +105,11 @@ class FakeQuantize(torch.autograd.Function):
             inv_scale = scale.reciprocal()
         q = torch.mul(xm, inv_scale).round_()  # same rounding as torch: nearbyint(x * inv_s)
         shift = zero_point is not None
-        if shift and (isinstance(zero_point, float) or (x.device.type == "cpu" and zero_point.numel() == 1)):
+        if isinstance(zero_point, float):
             # clamp(q + z, qmin, qmax) - z == clamp(q, qmin - z, qmax - z) bit for bit (q and z are
-            # integers; where q + z is not exact, both sides clamp): two passes fewer. Reading z
-            # costs nothing on CPU; on a GPU it would be a host sync, so there z stays a tensor.
-            z = float(zero_point)
-            qmin, qmax, shift = qmin - z, qmax - z, False
+            # integers; where q + z is not exact, both sides clamp): two passes fewer. A tensor z
+            # (on a GPU, where reading it would be a host sync) is added and subtracted instead.
+            qmin, qmax, shift = qmin - zero_point, qmax - zero_point, False
         if shift:
             q.add_(zero_point)
         keep_mask = ctx.needs_input_grad[0] and not clip_free
