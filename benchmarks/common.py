@@ -11,7 +11,7 @@ import psutil
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from fedquant.allocator import retain_freed_memory
+from fedquant.runtime.allocator import retain_freed_memory
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 

@@ -14,10 +14,10 @@ import statistics
 import time
 
 from benchmarks.common import allocator_option, apply_allocator_option
-from fedquant.bitwidths import parse_settings
-from fedquant.evaluation import Evaluator
-from fedquant.protocol import transport_state
-from fedquant.workspace import DataSpec, ModelSpec, build_quantized_model, federated_data
+from fedquant.experiment.workspace import DataSpec, ModelSpec, build_quantized_model, federated_data
+from fedquant.federation.bitwidths import parse_settings
+from fedquant.federation.protocol import transport_state
+from fedquant.learning.evaluation import Evaluator
 
 SIX = ["fp", "w8a8", "w6a6", "w4a4", "w3a3", "w2a2"]
 

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 
 from benchmarks.common import allocator_option, apply_allocator_option
 from fedquant.data import load_dataset
+from fedquant.learning.batches import to_input
 from fedquant.models import build_model
 from fedquant.quant import QuantConfig, quantize_model
-from fedquant.training import to_input
 
 
 def step_times(model, data, batch_size: int, steps: int, blocks: int, fmt=torch.channels_last) -> list[float]:

@@ -1,7 +1,7 @@
 """fedquant's Flower+Ray simulation against a plain sequential PyTorch FedAvg loop, side by side.
 
 Same workload for both: the same partitions, model, sampled clients, per-step bit-widths, local
-steps (fedquant.training.train_local) and example-weighted averaging. The plain loop is the
+steps (fedquant.learning.local_training.train_local) and example-weighted averaging. The plain loop is the
 physical limit of the local training in one process (all cores as intra-op threads); fedquant runs
 it through Flower's simulation engine on Ray (``simulation.num_cpus_per_client`` per worker).
 Prints steady-state seconds per round (median of rounds 2..R, no evaluation inside) and the time
@@ -25,15 +25,16 @@ import psutil
 import torch
 
 from benchmarks.common import allocator_option, apply_allocator_option, make_config, training_bound
-from fedquant.app import experiment_specs, run_experiment, training_plan
-from fedquant.bitwidths import parse_setting, setting_source
-from fedquant.protocol import load_transport_state, transport_state
-from fedquant.training import TrainConfig, train_local
-from fedquant.workspace import (
+from fedquant.app import run_experiment
+from fedquant.experiment.specs import experiment_specs, training_plan
+from fedquant.experiment.workspace import (
     build_quantized_model,
     federated_data,
     select_device,
 )
+from fedquant.federation.bitwidths import parse_setting, setting_source
+from fedquant.federation.protocol import load_transport_state, transport_state
+from fedquant.learning.local_training import TrainConfig, train_local
 
 
 class PlainFedAvg:

@@ -10,17 +10,17 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedquant import protocol as P
-from fedquant.allocator import retain_freed_memory
-from fedquant.bitwidths import parse_setting, setting_source
-from fedquant.training import TrainConfig, train_local
-from fedquant.workspace import (
+from fedquant.experiment.workspace import (
     DataSpec,
     ModelSpec,
     build_quantized_model,
     federated_data,
     select_device,
 )
+from fedquant.federation import protocol as P
+from fedquant.federation.bitwidths import parse_setting, setting_source
+from fedquant.learning.local_training import TrainConfig, train_local
+from fedquant.runtime.allocator import retain_freed_memory
 
 
 class InjectedFailure(RuntimeError):
@@ -35,7 +35,7 @@ class ClientSetup:
     model: ModelSpec
     threads: int = 1
     device: str = "auto"
-    retain_freed_memory: bool = True  # see fedquant.allocator
+    retain_freed_memory: bool = True  # see fedquant.runtime.allocator
 
 
 @functools.lru_cache(maxsize=2)

@@ -12,9 +12,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from fedquant.checkpoint import CheckpointError, list_checkpoints
 from fedquant.data import DatasetError
-from fedquant.validation import ConfigError
+from fedquant.experiment.config import ConfigError
+from fedquant.runtime.checkpoint import CheckpointError, list_checkpoints
 from strategies import DivergenceError, TooFewReplies
 
 # errors that end a run with one line (exit 1; config errors exit 2) instead of a traceback

@@ -1,17 +1,7 @@
 """Flower strategies for quantization-robust federated learning."""
 
-from .plan import STRATEGIES, Profile, TrainingPlan, assign_profiles
-from .quant_aware import (
-                          ON_TOO_FEW,
-                          SERVERS,
-                          ClientReport,
-                          DivergenceError,
-                          QuantAwareMixin,
-                          RoundReport,
-                          TooFewReplies,
-                          build_strategy,
-)
+from .faults import DivergenceError, TooFewReplies
+from .quant_aware import QuantAwareMixin
+from .registry import SERVERS, build_strategy, server_options
 
-__all__ = ["ON_TOO_FEW", "SERVERS", "STRATEGIES", "ClientReport", "DivergenceError", "Profile",
-           "QuantAwareMixin", "RoundReport", "TooFewReplies", "TrainingPlan", "assign_profiles",
-           "build_strategy"]
+__all__ = ["SERVERS", "DivergenceError", "QuantAwareMixin", "TooFewReplies", "build_strategy", "server_options"]

@@ -6,10 +6,12 @@ go through Flower's simulation engine and Ray for real.
 
 from __future__ import annotations
 
-from flwr.app import Error, Message
+from flwr.app import ConfigRecord, Error, Message
 from flwr.supercore.task_identity import TaskIdentity
 
 from clients import ClientSetup, handle_train
+from fedquant.federation.protocol import train_record
+from strategies import build_strategy
 
 
 def set_identity() -> None:
@@ -39,3 +41,16 @@ class InProcessGrid:
             return handle_train(self.setup, msg, self.node_index[msg.metadata.dst_node_id])
         except Exception as err:  # as Flower's simulation engine does: an error reply
             return Message(Error(0, f"Exception ClientAppException occurred. Message: {err}'>"), reply_to=msg)
+
+
+def recording_strategy(server, plan, **kwargs):
+    """``build_strategy`` whose round reports are kept in ``strategy.reports`` (round -> report)."""
+    reports: dict = {}
+    strategy = build_strategy(server, plan, on_report=reports.__setitem__, **kwargs)
+    strategy.reports = reports
+    return strategy
+
+
+def train_config(cfg) -> ConfigRecord:
+    """The shared training ConfigRecord the app sends, from a composed config."""
+    return ConfigRecord(train_record(cfg["client"]))

@@ -1,4 +1,4 @@
-"""fedquant.allocator: freed tensor memory stays in the process (no page faults per step)."""
+"""fedquant.runtime.allocator: freed tensor memory stays in the process (no page faults per step)."""
 
 import resource
 import sys
@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from fedquant.allocator import retain_freed_memory
+from fedquant.runtime.allocator import retain_freed_memory
 
 
 def faults_per_step(repeats: int = 10) -> float:

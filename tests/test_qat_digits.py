@@ -4,11 +4,12 @@ import copy
 
 import torch
 
-from fedquant.bitwidths import FLOAT
 from fedquant.data import load_dataset
+from fedquant.federation.bitwidths import FLOAT
+from fedquant.learning.evaluation import accuracy
+from fedquant.learning.local_training import TrainConfig, train_local
 from fedquant.models import build_model
 from fedquant.quant import QuantConfig, calibrate, quantize_model, set_bitwidth
-from fedquant.training import TrainConfig, accuracy, train_local
 
 
 def test_qat_w4a4_reaches_90_percent_on_digits(capsys):

@@ -265,7 +265,38 @@ def test_host_scalar_path_equals_the_device_path(tracking):
 @pytest.mark.parametrize("granularity", ["per_channel", "per_tensor"])
 def test_weight_range_is_the_largest_magnitude(granularity):
     w = torch.tensor([[0.5, -2.0, 1.0], [0.0, -0.0, 0.0], [3.0, -3.0, 0.25], [-0.125, 0.0, 0.0]])
-    absmax = WeightQuantizer(w, granularity)._absmax(w)
+    absmax = WeightQuantizer(w, granularity).absmax(w)
     expected = w.abs().amax(dim=1) if granularity == "per_channel" else w.abs().amax().reshape(1)
     assert torch.equal(absmax, expected)
     assert absmax.tolist() == ([2.0, 0.0, 3.0, 0.125] if granularity == "per_channel" else [3.0])
+
+
+@pytest.mark.parametrize("granularity", ["per_channel", "per_tensor"])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_quantize_at_clip_is_the_clipped_symmetric_grid(granularity, bits):
+    """Calibration's public entry point: ``s = clip * max|w| / (2^(b-1) - 1)``,
+    ``w_hat = s * clamp(round(w / s), -(2^(b-1) - 1), 2^(b-1) - 1)`` (narrow grid), per channel."""
+    torch.manual_seed(bits)
+    w = torch.randn(5, 3, 3, 3)
+    wq = WeightQuantizer(w, granularity, narrow_range=True)
+    wq.set_bits(bits)
+    clip = torch.linspace(0.3, 1.0, 5) if granularity == "per_channel" else torch.tensor([0.6])
+    qmax = 2 ** (bits - 1) - 1
+    if granularity == "per_channel":
+        s = (clip * w.abs().flatten(1).max(1).values / qmax).view(-1, 1, 1, 1)
+    else:
+        s = clip * w.abs().max() / qmax
+    expected = s * torch.clamp(torch.round(w / s), -qmax, qmax)
+    assert torch.allclose(wq.quantize_at_clip(w, clip), expected, rtol=0, atol=1e-6)
+
+
+def test_observed_activations_pass_through_and_set_range_keeps_it_non_empty():
+    aq = ActivationQuantizer()
+    aq.set_bits(2)
+    seen = []
+    aq.observe(seen.append)
+    x = torch.rand(4, 3)
+    assert aq(x) is x and seen == [x]
+    aq.observe(None)
+    aq.set_range(torch.tensor(0.0), torch.tensor(0.0))  # e.g. a layer that only ever saw zeros
+    assert aq.min_val.item() == 0.0 and aq.max_val.item() > 0.0

@@ -14,13 +14,13 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from fedquant import protocol as P
-from fedquant.app import _train_config, run_experiment
-from fedquant.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from fedquant.workspace import build_quantized_model, federated_data
-from strategies import DivergenceError, TooFewReplies, build_strategy
+from fedquant.app import run_experiment
+from fedquant.experiment.workspace import build_quantized_model, federated_data
+from fedquant.federation import protocol as P
+from fedquant.runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from strategies import DivergenceError, TooFewReplies
 from tests.helpers import TINY, make_config, strip_seconds
-from tests.inprocess import InProcessGrid
+from tests.inprocess import InProcessGrid, recording_strategy, train_config
 from tests.test_strategies import setup_and_plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,11 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def start_inprocess(*overrides, **strategy_kwargs):
     cfg = make_config(*TINY, *overrides)
     setup, plan = setup_and_plan(cfg)
-    strategy = build_strategy("fedavg", plan, **strategy_kwargs)
+    strategy = recording_strategy("fedavg", plan, **strategy_kwargs)
     model = build_quantized_model(setup.model, federated_data(setup.data).data)
     grid = InProcessGrid(setup, cfg["clients_per_round"])
     strategy.start(grid=grid, initial_arrays=ArrayRecord(P.transport_state(model)), num_rounds=cfg["num_rounds"],
-                   train_config=_train_config(cfg["client"]))
+                   train_config=train_config(cfg))
     return strategy
 
 
@@ -161,7 +161,7 @@ def test_extending_a_finished_run_equals_the_longer_run(tmp_path):
 
 
 def test_resume_true_finds_the_newest_checkpoint_of_another_run(tmp_path):
-    from fedquant.checkpoint import find_checkpoint
+    from fedquant.runtime.checkpoint import find_checkpoint
 
     older, newer, current = tmp_path / "2026-11-22" / "10-00-00", tmp_path / "2026-11-23" / "09-00-00", tmp_path / "now"
     save_checkpoint(older, 5, {"arrays": {}, "config": {}})

@@ -5,13 +5,14 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from clients import ClientSetup
-from fedquant import protocol as P
-from fedquant.app import _train_config, experiment_specs, training_plan
-from fedquant.bitwidths import parse_settings
-from fedquant.workspace import build_quantized_model, federated_data
-from strategies import Profile, TrainingPlan, assign_profiles, build_strategy
+from fedquant.experiment.specs import experiment_specs, training_plan
+from fedquant.experiment.workspace import build_quantized_model, federated_data
+from fedquant.federation import protocol as P
+from fedquant.federation.bitwidths import parse_settings
+from fedquant.federation.plan import TrainingPlan
+from fedquant.federation.profiles import Profile, assign_profiles
 from tests.helpers import TIMING_KEYS, TINY, make_config
-from tests.inprocess import InProcessGrid, set_identity
+from tests.inprocess import InProcessGrid, recording_strategy, set_identity, train_config
 
 
 def setup_and_plan(cfg):
@@ -22,11 +23,11 @@ def setup_and_plan(cfg):
 def run_inprocess(*overrides, server="fedavg", **server_options):
     cfg = make_config(*TINY, *overrides)
     setup, plan = setup_and_plan(cfg)
-    strategy = build_strategy(server, plan, **server_options)
+    strategy = recording_strategy(server, plan, **server_options)
     model = build_quantized_model(setup.model, federated_data(setup.data).data, seed=cfg["seed"])
     grid = InProcessGrid(setup, cfg["clients_per_round"])
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(P.transport_state(model)),
-                            num_rounds=cfg["num_rounds"], train_config=_train_config(cfg["client"]))
+                            num_rounds=cfg["num_rounds"], train_config=train_config(cfg))
     return result.arrays.to_torch_state_dict(), strategy, grid
 
 
@@ -45,7 +46,7 @@ def fake_reply(request: Message, partition: int, n: int, value: float) -> Messag
 def test_aggregation_is_example_weighted_mean():
     set_identity()
     plan = TrainingPlan("fedavg", "fixed", parse_settings(["fp"], "b"), 10, 3, 0, [])
-    strategy = build_strategy("fedavg", plan)
+    strategy = recording_strategy("fedavg", plan)
     request = Message(RecordDict({P.CONFIG: ConfigRecord({})}), dst_node_id=1, message_type="train")
     replies = [fake_reply(request, 2, 10, 1.0), fake_reply(request, 0, 30, 2.0), fake_reply(request, 1, 60, 4.0)]
     arrays, metrics = strategy.aggregate_train(1, replies)

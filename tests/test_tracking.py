@@ -117,7 +117,7 @@ def test_report_on_a_real_multirun(tmp_path):
 
 
 def test_report_groups_continued_runs_by_method_not_by_checkpoint(tmp_path):
-    from fedquant.report import collect
+    from fedquant.analysis.report import collect
 
     jobs = {"a/6": ("seed=0", "+experiment=a", 0.5), "b/18": ("seed=1", "+experiment=a", 0.7),
             "b/7": ("seed=0", "+experiment=b", 0.9)}  # two sweep folders, reported together
@@ -132,7 +132,7 @@ def test_report_groups_continued_runs_by_method_not_by_checkpoint(tmp_path):
                                                                                    "+experiment=b": [0.9]}
     proc = subprocess.run([sys.executable, "-m", "fedquant.report", str(tmp_path / "a"), str(tmp_path / "b")],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert proc.returncode == 1 and proc.stderr.strip() == "error: several sweeps given: say where the combined report goes with --out DIR"
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: several sweeps given: say where the combined report goes with --out DIR"
 
 
 def test_wandb_run_is_finished_with_failure_when_the_run_fails(tmp_path):
@@ -145,3 +145,14 @@ def test_wandb_run_is_finished_with_failure_when_the_run_fails(tmp_path):
     records = read_records(next((tmp_path / "wandb").glob("offline-run-*/run-*.wandb")))
     exits = [r.exit for r in records if r.WhichOneof("record_type") == "exit"]
     assert len(exits) == 1 and exits[0].exit_code == 1
+
+
+def test_report_without_results_is_one_line_and_exit_2(tmp_path, capsys):
+    from fedquant.analysis.report import ReportError, main, make_report
+
+    with pytest.raises(ReportError, match="no results.json under"):  # a library error, not an exit
+        make_report([tmp_path])
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path)])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("error: no results.json under") and err.count("\n") == 1

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from fedquant.validation import ConfigError, validate
+from fedquant.app import check_config as validate
+from fedquant.experiment.config import ConfigError
 from tests.helpers import make_config
 
 PROFILE = "{name: %s, share: %s, bits: %s}"

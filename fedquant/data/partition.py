@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..streams import Stream, stream_rng
+
 SCHEMES = ("iid", "dirichlet", "shards")
 
 
@@ -20,7 +22,7 @@ def split_holdout(num_samples: int, holdout: int, seed: int) -> tuple[np.ndarray
     """Seeded split of ``range(num_samples)`` into (server hold-out, the rest), both sorted."""
     if not 0 <= holdout < num_samples:
         raise ValueError(f"partition.holdout={holdout} is not valid: allowed is 0 <= holdout < {num_samples} (training samples)")
-    order = np.random.default_rng([seed, 1]).permutation(num_samples)
+    order = stream_rng(seed, Stream.HOLDOUT).permutation(num_samples)
     return np.sort(order[:holdout]), np.sort(order[holdout:])
 
 
@@ -40,12 +42,12 @@ def partition_indices(labels: np.ndarray, num_clients: int, scheme: str, seed: i
         raise ValueError(f"partition.name={scheme!r} is not valid: allowed are {', '.join(SCHEMES)}")
     if not 1 <= num_clients <= n:
         raise ValueError(f"num_clients={num_clients} is not valid: allowed is 1..{n} (one sample per client at least)")
-    rng = np.random.default_rng([seed, 2])
+    gen = stream_rng(seed, Stream.PARTITION)
     if scheme == "iid":
-        return [np.sort(p) for p in np.array_split(rng.permutation(n), num_clients)]
+        return [np.sort(p) for p in np.array_split(gen.permutation(n), num_clients)]
     if scheme == "dirichlet":
-        return _dirichlet(labels, num_clients, rng, **params)
-    return _shards(labels, num_clients, rng, **params)
+        return _dirichlet(labels, num_clients, gen, **params)
+    return _shards(labels, num_clients, gen, **params)
 
 
 def _dirichlet(labels: np.ndarray, num_clients: int, rng: np.random.Generator, alpha: float = 0.5,

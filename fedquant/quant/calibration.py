@@ -5,14 +5,15 @@ These run once per evaluated bit-width, never per training step.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
 
 from .config import ESTIMATORS, check_choice
 from .modules import quant_layers
-from .quantizers import EPS, asymmetric_qparams, memory_order, symmetric_scale, weight_grid
+from .quantizers import asymmetric_qparams, memory_order
 
 CLIP_GRID = torch.linspace(0.05, 1.0, 39)  # candidate fractions of the observed range (step 0.025)
 SAMPLE_PER_BATCH = 4096  # activation values kept per batch and quantizer for the MSE search
@@ -53,27 +54,35 @@ def _mse_weight_clip(layer: nn.Module) -> torch.Tensor:
     """Per-channel (or per-tensor) clip fraction minimising the weight fake-quantization MSE."""
     wq = layer.weight_quantizer
     w = layer.weight.detach()
-    qmin, qmax = weight_grid(wq.bits, wq.narrow_range)
-    absmax = wq._absmax(w)
-    zp = wq._zero_point
-    best_err = torch.full_like(absmax, float("inf"))
-    best = torch.ones_like(absmax)
+    best_err = torch.full_like(wq.clip, float("inf"))
+    best = torch.ones_like(wq.clip)
     for alpha in CLIP_GRID.tolist():
-        scale = symmetric_scale(absmax * alpha, wq.bits)
-        if wq.granularity == "per_tensor":
-            wq_hat = torch.fake_quantize_per_tensor_affine(w, scale, zp, qmin, qmax)
-            err = (wq_hat - w).pow(2).mean().reshape(1)
-        else:
-            wq_hat = torch.fake_quantize_per_channel_affine(w, scale, zp, 0, qmin, qmax)
-            err = (wq_hat - w).pow(2).flatten(1).mean(1)
+        err = (wq.quantize_at_clip(w, torch.full_like(best, alpha)) - w).pow(2)
+        err = err.mean().reshape(1) if wq.granularity == "per_tensor" else err.flatten(1).mean(1)
         better = err < best_err
         best = torch.where(better, torch.full_like(best, alpha), best)
         best_err = torch.minimum(best_err, err)
     return best
 
 
-def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+@contextlib.contextmanager
+def _reestimating_batchnorm(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Inside: the model in eval mode except BatchNorm layers, whose statistics are reset and
+    accumulated as exact means over the batches run (momentum None); restored on exit."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if enabled else []
+    was_training = model.training
+    model.eval()
+    saved = {bn: bn.momentum for bn in bns}
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average = exact mean over the batches
+        bn.train()
+    try:
+        yield
+    finally:
+        for bn, momentum in saved.items():
+            bn.momentum = momentum
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -93,41 +102,30 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], estimator: str 
     layers = list(quant_layers(model))
     if not layers:
         raise ValueError("model has no quantized layer: call fedquant.quant.quantize_model first")
-    was_training = model.training
-    model.eval()
-    bns = _batchnorms(model) if reestimate_bn else []
-    saved_momentum = {bn: bn.momentum for bn in bns}
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative moving average = exact mean over the batches
-        bn.train()
+    observers = {}
     for layer in layers:
         wq = layer.weight_quantizer
         if wq.bits is not None and not wq.learned:
             wq.set_clip(_mse_weight_clip(layer) if estimator == "mse" else torch.ones_like(wq.clip))
-        layer.input_quantizer.observer = _RangeObserver(keep_sample=estimator == "mse")
+        observers[layer] = _RangeObserver(keep_sample=estimator == "mse")
+        layer.input_quantizer.observe(observers[layer])
     try:
-        seen = 0
-        for x in batches:
-            model(x)
-            seen += 1
+        with _reestimating_batchnorm(model, reestimate_bn):
+            seen = 0
+            for x in batches:
+                model(x)
+                seen += 1
         if seen == 0:
             raise ValueError("calibrate got no batches: pass at least one input batch")
-        for layer in layers:
+        for layer, obs in observers.items():
             aq = layer.input_quantizer
-            obs = aq.observer
             if estimator == "mse" and aq.bits is not None:
-                lo, hi = _mse_act_range(obs, aq.bits)
+                aq.set_range(*_mse_act_range(obs, aq.bits))
             else:
-                lo, hi = obs.lo, obs.hi
-            aq.min_val.copy_(lo)
-            aq.max_val.copy_(torch.maximum(hi, lo + EPS))
+                aq.set_range(obs.lo, obs.hi)
     finally:
         for layer in layers:
-            layer.input_quantizer.observer = None
-        for bn, momentum in saved_momentum.items():
-            bn.momentum = momentum
-        model.train(was_training)
+            layer.input_quantizer.observe(None)
     return model
 
 
@@ -139,21 +137,7 @@ def reestimate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> n
     float (or at another bit-width) are re-estimated at the current one (activation ranges stay
     frozen: the quantizers are put in eval mode).
     """
-    bns = _batchnorms(model)
-    if not bns:
-        return model
-    was_training = model.training
-    model.eval()
-    saved = {bn: bn.momentum for bn in bns}
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative moving average = exact mean over the batches
-        bn.train()
-    try:
+    with _reestimating_batchnorm(model):
         for x in batches:
             model(x)
-    finally:
-        for bn, momentum in saved.items():
-            bn.momentum = momentum
-        model.train(was_training)
     return model

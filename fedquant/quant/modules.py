@@ -34,11 +34,17 @@ class QuantLayerMixin:
         self.pinned = pinned
         self.pinned_bits = config.pinned_bits
 
-    def set_bits(self, weight_bits: int | None, act_bits: int | None) -> None:
-        """Switch both quantizers; a pinned layer runs at ``pinned_bits`` unless set to float."""
+    def effective_bits(self, weight_bits: int | None, act_bits: int | None) -> tuple[int | None, int | None]:
+        """The bit-widths this layer runs at when the model is set to ``(weight_bits, act_bits)``:
+        a pinned layer runs at ``pinned_bits`` unless set to float."""
         if self.pinned:
             weight_bits = None if weight_bits is None else self.pinned_bits
             act_bits = None if act_bits is None else self.pinned_bits
+        return weight_bits, act_bits
+
+    def set_bits(self, weight_bits: int | None, act_bits: int | None) -> None:
+        """Switch both quantizers to :meth:`effective_bits`."""
+        weight_bits, act_bits = self.effective_bits(weight_bits, act_bits)
         self.weight_quantizer.set_bits(weight_bits)
         self.input_quantizer.set_bits(act_bits)
 

@@ -21,6 +21,7 @@ costs ~5 us of dispatch.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -160,9 +161,9 @@ class WeightQuantizer(nn.Module):
         self.min_clip = 1.0  # host copy of clip.min(): decides whether the STE needs its mask
         self._frozen: tuple | None = None  # (key, w_hat): reused while no gradient is needed
         if learned:
-            self.range = nn.Parameter(self._absmax(weight.detach()).clone())
+            self.range = nn.Parameter(self.absmax(weight.detach()).clone())
 
-    def _absmax(self, w: torch.Tensor) -> torch.Tensor:
+    def absmax(self, w: torch.Tensor) -> torch.Tensor:
         """``max|w|`` per channel (or per tensor) as ``max(max w, -min w)``: two reads of ``w``
         and no ``|w|`` temporary (half the time of ``w.abs().amax()`` on a 128x3136 weight)."""
         if self.granularity == "per_tensor":
@@ -185,6 +186,16 @@ class WeightQuantizer(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
         self._sync_min_clip()
 
+    @torch.no_grad()
+    def quantize_at_clip(self, w: torch.Tensor, clip: torch.Tensor) -> torch.Tensor:
+        """``w`` fake-quantized at the current bit-width with the range ``clip * max|w|`` (per
+        channel or per tensor, like ``self.clip``); no gradient. Calibration's search uses it."""
+        qmin, qmax = weight_grid(self.bits, self.narrow_range)
+        scale = symmetric_scale(self.absmax(w) * clip, self.bits)
+        if self.granularity == "per_tensor":
+            return torch.fake_quantize_per_tensor_affine(w, scale, self._zero_point, qmin, qmax)
+        return torch.fake_quantize_per_channel_affine(w, scale, self._zero_point, 0, qmin, qmax)
+
     def clips_nothing(self, qmax: int) -> bool:
         """True when no weight can round outside the grid, so the STE mask is all ones.
 
@@ -196,7 +207,7 @@ class WeightQuantizer(nn.Module):
 
     def scale(self, w: torch.Tensor) -> torch.Tensor:
         """Scale for the current bit-width (per channel, or shape [1])."""
-        absmax = self.range.abs() if self.learned else self._absmax(w.detach()) * self.clip
+        absmax = self.range.abs() if self.learned else self.absmax(w.detach()) * self.clip
         return symmetric_scale(absmax, self.bits)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
@@ -246,7 +257,7 @@ class ActivationQuantizer(nn.Module):
         self.momentum = momentum
         self.learned = learned
         self.bits: int | None = None
-        self.observer = None  # set by calibrate(): a callable fed every input while observing
+        self.observer: Callable[[torch.Tensor], None] | None = None  # see observe()
         self.host_scalars = True  # on CPU (see the module docstring); False forces the device path
         if learned:
             self.min_val = nn.Parameter(torch.zeros(()))
@@ -257,6 +268,17 @@ class ActivationQuantizer(nn.Module):
 
     def set_bits(self, bits: int | None) -> None:
         self.bits = check_bits(bits, "act_bits")
+
+    def observe(self, observer: Callable[[torch.Tensor], None] | None) -> None:
+        """While ``observer`` is set, every input is passed to it and returned unquantized
+        (calibration: each quantizer sees the float inputs of the quantized-weight model)."""
+        self.observer = observer
+
+    @torch.no_grad()
+    def set_range(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        """Freeze the range at ``[lo, max(hi, lo + EPS)]`` (calibration)."""
+        self.min_val.copy_(lo)
+        self.max_val.copy_(torch.maximum(hi, lo + EPS))
 
     @torch.no_grad()
     def _track(self, x: torch.Tensor, momentum: float) -> tuple[float, float] | None:

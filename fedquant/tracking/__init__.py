@@ -1,4 +1,4 @@
-"""Reporting: console, results files, plots and W&B (only the composition root uses these)."""
+"""Reporting: console progress, results files, plots, the atomic writer and the W&B adapter."""
 
 from .console import ConsoleReporter
 

@@ -5,15 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a temporary file beside ``path``, then rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+from .files import write_text_atomic
 
 
 def write_json(path: Path, obj: object) -> None:

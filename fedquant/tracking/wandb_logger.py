@@ -50,7 +50,7 @@ class WandbLogger:
         """Local steps per weight bit-width (float steps at 32) as a W&B histogram."""
         import numpy as np
 
-        from fedquant.bitwidths import parse_setting
+        from ..federation.bitwidths import parse_setting
 
         bits = sorted({parse_setting(s)[0] or 32 for s in used})
         counts = [sum(n for s, n in used.items() if (parse_setting(s)[0] or 32) == b) for b in bits]

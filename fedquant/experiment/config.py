@@ -5,17 +5,17 @@ Every problem is reported as one :class:`ConfigError` line: the key, the bad val
 
 from __future__ import annotations
 
-import inspect
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
-from .bitwidths import FLOAT, SAMPLING_MODES, parse_setting, parse_settings
-from .data import DATASETS, SCHEMES
-from .models import MODELS
-from .quant import QuantConfig
-from .quant.config import ESTIMATORS
-from .training import REGULARIZERS
+from ..data import DATASETS, SCHEMES
+from ..federation.bitwidths import FLOAT, SAMPLING_MODES, parse_setting, parse_settings
+from ..federation.plan import ON_TOO_FEW, STRATEGIES
+from ..learning.local_training import REGULARIZERS
+from ..models import MODELS
+from ..quant import QuantConfig
+from ..quant.config import ESTIMATORS
 
 LOGGERS = ("none", "wandb")
 WANDB_MODES = ("online", "offline", "disabled")
@@ -114,8 +114,12 @@ def check_profiles(cfg: Mapping, bits: list) -> None:
         raise ConfigError(f"strategy.profiles shares sum to {total:g}: allowed is a sum of 1")
 
 
-def validate(cfg: Mapping) -> None:
-    """Raise :class:`ConfigError` for the first problem found in ``cfg``."""
+def validate(cfg: Mapping, servers: Mapping[str, Collection[str]]) -> None:
+    """Raise :class:`ConfigError` for the first problem found in ``cfg``.
+
+    ``servers`` maps each Flower server strategy name to the ``strategy.server_options`` it
+    accepts (``strategies.server_options()``; passed in so this module stays free of Flower).
+    """
     _int(cfg, "seed", 0)
     _int(cfg, "num_rounds", 1)
     num_clients = _int(cfg, "num_clients", 1)
@@ -139,20 +143,15 @@ def validate(cfg: Mapping) -> None:
     if _get(cfg, "model.options.norm") not in (_MISSING, "batch", "group"):
         _choice(cfg, "model.options.norm", ("batch", "group"))
 
-    from strategies import ON_TOO_FEW, SERVERS, STRATEGIES  # light: flwr's strategy classes only
-
     _choice(cfg, "strategy.name", STRATEGIES)
-    server = _choice(cfg, "strategy.server", tuple(SERVERS))
+    server = _choice(cfg, "strategy.server", tuple(servers))
     options = _need(cfg, "strategy.server_options")
     if not isinstance(options, Mapping):
         raise ConfigError(f"strategy.server_options={options!r} is not valid: allowed is a mapping")
-    params = set(inspect.signature(SERVERS[server].__init__).parameters) - {"self"}
-    reserved = {"fraction_train", "fraction_evaluate", "min_train_nodes", "min_available_nodes",
-                "weighted_by_key", "arrayrecord_key", "configrecord_key", "train_metrics_aggr_fn"}
     for k in options:
-        if k not in params or k in reserved:
+        if k not in servers[server]:
             raise ConfigError(f"strategy.server_options.{k} is not valid for strategy.server={server}: "
-                              f"allowed are {', '.join(sorted(params - reserved - {'evaluate_metrics_aggr_fn'}))}")
+                              f"allowed are {', '.join(sorted(servers[server]))}")
     sampling = _choice(cfg, "strategy.sampling", SAMPLING_MODES)
     bits = _wrap("strategy.bits", parse_settings, _need(cfg, "strategy.bits"), "strategy.bits")
     if sampling == "fixed" and len(bits) != 1 and _get(cfg, "strategy.name") == "qafedavg":

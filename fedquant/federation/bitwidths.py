@@ -10,7 +10,8 @@ import re
 
 import numpy as np
 
-from .quant.config import MAX_BITS, MIN_BITS, check_bits
+from ..quant.config import MAX_BITS, MIN_BITS, check_bits
+from ..streams import Stream, stream_rng
 
 Setting = tuple[int | None, int | None]
 FLOAT: Setting = (None, None)
@@ -66,7 +67,7 @@ def setting_source(sampling: str, settings: list[Setting], seed: int):
     """What a client calls before every step: a seeded draw from ``settings`` for ``per_step``,
     else the one setting it was sent."""
     if sampling == "per_step":
-        return BitSampler(settings, [seed, 7])
+        return BitSampler(settings, stream_rng(seed, Stream.STEP_SETTING))
     fixed = settings[0]
     return lambda: fixed
 
@@ -74,9 +75,9 @@ def setting_source(sampling: str, settings: list[Setting], seed: int):
 class BitSampler:
     """Draws settings uniformly from a set with its own seeded generator (reproducible anywhere)."""
 
-    def __init__(self, settings: list[Setting], seed: int | list[int]) -> None:
+    def __init__(self, settings: list[Setting], rng: np.random.Generator) -> None:
         self.settings = settings
-        self.rng = np.random.default_rng(seed)
+        self.rng = rng
 
     def __call__(self) -> Setting:
         return self.settings[int(self.rng.integers(len(self.settings)))]

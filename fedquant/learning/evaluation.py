@@ -12,13 +12,14 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .bitwidths import FLOAT, Setting, setting_name
-from .data import Dataset
-from .protocol import load_transport_state
-from .quant import calibrate, quant_layers, set_bitwidth
-from .training import accuracy, memory_format_for, to_input
+from ..data import Dataset
+from ..federation.bitwidths import FLOAT, Setting, setting_name
+from ..federation.protocol import load_transport_state
+from ..quant import calibrate, quant_layers, set_bitwidth
+from .batches import memory_format_for, to_input
 
 
 def model_bytes(model: nn.Module, setting: Setting) -> int:
@@ -27,9 +28,7 @@ def model_bytes(model: nn.Module, setting: Setting) -> int:
     bits_total = 0
     counted = set()
     for layer in quant_layers(model):
-        w = setting[0]
-        if w is not None and layer.pinned:
-            w = layer.pinned_bits
+        w = layer.effective_bits(*setting)[0]
         bits_total += layer.weight.numel() * (w or 32)
         counted.add(id(layer.weight))
     bits_total += sum(p.numel() * 32 for p in model.parameters() if id(p) not in counted)
@@ -68,3 +67,20 @@ class Evaluator:
             acc, loss = accuracy(self.model, self.data, self.data.test_x, self.data.test_y, self.batch_size, self.device)
             results[setting_name(setting)] = {"accuracy": acc, "loss": loss}
         return results
+
+
+@torch.inference_mode()
+def accuracy(model: nn.Module, data: Dataset, x: torch.Tensor, y: torch.Tensor,
+             batch_size: int = 256, device: torch.device | str = "cpu") -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of ``model`` in eval mode on uint8 images ``x``."""
+    fmt = memory_format_for(model)
+    model.to(device, memory_format=fmt).eval()
+    correct = torch.zeros((), device=device)
+    loss = torch.zeros((), device=device, dtype=torch.float64)
+    for i in range(0, len(x), batch_size):
+        xb = to_input(data, x[i:i + batch_size], device, fmt)
+        yb = y[i:i + batch_size].to(device)
+        out = model(xb)
+        loss += F.cross_entropy(out, yb, reduction="sum").double()
+        correct += (out.argmax(1) == yb).sum()
+    return float(correct) / len(x), float(loss) / len(x)

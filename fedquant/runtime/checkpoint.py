@@ -4,17 +4,18 @@ A checkpoint holds everything needed to continue exactly: the global arrays, the
 server-optimizer state (FedAdam moments, FedAvgM momentum), the round, and the metrics history.
 No RNG state is needed: every draw (clients, bit-widths, failures, batch order) is seeded by
 (seed, round, ...), so round r+1 is the same whether or not the run stopped after round r.
-Files are written to a temporary name and renamed; the newest ``keep`` are kept, so a damaged
+Files are written atomically (:func:`fedquant.tracking.files.atomic_write`); the newest ``keep`` are kept, so a damaged
 newest file leaves an intact previous one.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import torch
+
+from ..tracking.files import atomic_write
 
 PATTERN = re.compile(r"checkpoint_r(\d{5})\.pt")
 VERSION = 1
@@ -40,11 +41,7 @@ def save_checkpoint(directory: Path, server_round: int, payload: dict, keep: int
     """Write ``payload`` (tensors and plain Python only) for ``server_round``; prune to ``keep``."""
     path = checkpoint_path(directory, server_round)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"version": VERSION, "round": server_round, **payload}, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save({"version": VERSION, "round": server_round, **payload}, tmp))
     for old in list_checkpoints(directory)[:-keep]:
         old.unlink()
     return path

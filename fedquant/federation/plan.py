@@ -8,34 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
+from ..streams import Stream, stream_rng
+from .bitwidths import FLOAT, BitSampler, Setting, encode
+from .profiles import Profile, assign_profiles
 
-from fedquant.bitwidths import FLOAT, BitSampler, Setting, encode, parse_setting
-
-STRATEGIES = ("fedavg", "qafedavg")
-
-
-@dataclass(frozen=True)
-class Profile:
-    """A device class: its name, the share of clients that have it, the bit-widths it runs."""
-
-    name: str
-    share: float
-    bits: tuple[int, ...]
-
-    @property
-    def settings(self) -> list[Setting]:
-        return [parse_setting(b) for b in self.bits]
-
-
-def assign_profiles(profiles: list[Profile], num_clients: int, seed: int) -> list[int]:
-    """Profile index of every client: shares rounded by largest remainder, placed at random."""
-    raw = np.array([p.share for p in profiles]) * num_clients
-    counts = np.floor(raw).astype(int)
-    for i in np.argsort(-(raw - counts), kind="stable")[: num_clients - counts.sum()]:
-        counts[i] += 1
-    labels = np.repeat(np.arange(len(profiles)), counts)
-    return np.random.default_rng([seed, 3]).permutation(labels).tolist()
+STRATEGIES = ("fedavg", "qafedavg")  # float training (+ post-training quantization) or QAT
+ON_TOO_FEW = ("retry", "stop")  # what the server does with a round that has too few replies
 
 
 @dataclass
@@ -74,21 +52,21 @@ class TrainingPlan:
 
     def sample_clients(self, server_round: int, attempt: int = 0) -> list[int]:
         """``clients_per_round`` distinct client ids, sorted (a fresh draw for each retry)."""
-        rng = np.random.default_rng([self.seed, 4, server_round] + ([attempt] if attempt else []))
+        rng = stream_rng(self.seed, Stream.CLIENTS, server_round, *([attempt] if attempt else []))
         return sorted(rng.choice(self.num_clients, self.clients_per_round, replace=False).tolist())
 
     def injects_failure(self, server_round: int, client: int, attempt: int = 0) -> bool:
         if self.failure_rate <= 0:
             return False
-        return bool(np.random.default_rng([self.seed, 8, server_round, client, attempt]).random() < self.failure_rate)
+        return bool(stream_rng(self.seed, Stream.FAILURE, server_round, client, attempt).random() < self.failure_rate)
 
     def injects_nan(self, server_round: int, client: int) -> bool:
         if self.nan_rate <= 0:
             return False
-        return bool(np.random.default_rng([self.seed, 9, server_round, client]).random() < self.nan_rate)
+        return bool(stream_rng(self.seed, Stream.NAN, server_round, client).random() < self.nan_rate)
 
     def client_seed(self, server_round: int, client: int) -> int:
-        return int(np.random.default_rng([self.seed, 5, server_round, client]).integers(2**31))
+        return int(stream_rng(self.seed, Stream.CLIENT_SEED, server_round, client).integers(2**31))
 
     def assignment(self, server_round: int, client: int) -> tuple[str, list[str]]:
         """(sampling mode, settings) that travel to the client in its ConfigRecord."""
@@ -96,5 +74,5 @@ class TrainingPlan:
         if self.strategy == "fedavg" or len(allowed) == 1:
             return "fixed", encode(allowed[:1])
         if self.sampling == "per_round":
-            return "fixed", encode([BitSampler(allowed, [self.seed, 6, server_round, client])()])
+            return "fixed", encode([BitSampler(allowed, stream_rng(self.seed, Stream.ROUND_SETTING, server_round, client))()])
         return self.sampling, encode(allowed)

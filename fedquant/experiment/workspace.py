@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import Dataset, label_histogram, load_dataset, partition_indices, split_holdout
-from .models import build_model
-from .quant import QuantConfig, quantize_model
+from ..data import Dataset, label_histogram, load_dataset, partition_indices, split_holdout
+from ..models import build_model
+from ..quant import QuantConfig, quantize_model
 
 
 @dataclass(frozen=True)

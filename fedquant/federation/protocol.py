@@ -1,21 +1,21 @@
 """What the server and the clients say to each other: record keys and the bit-usage encoding.
 
-The one module both ``clients/`` and ``strategies/`` import, so neither imports the other.
+Both ``clients/`` and ``strategies/`` use these keys, so neither imports the other.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
+from ..quant.config import MAX_BITS
 from .bitwidths import Setting, parse_setting, setting_name
-from .quant.config import MAX_BITS
 
 ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
 
 # per-node train config
-PARTITION = "partition-id"
+PARTITION = "data-partition"  # our client partition (Flower's node_config "partition-id" is the node's index)
 SETTINGS = "settings"  # list[str]: the settings to train at (sampled per step or fixed)
 SAMPLING = "sampling"  # per_step | per_round | fixed
 SEED = "seed"

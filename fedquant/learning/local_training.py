@@ -14,24 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bitwidths import Setting, setting_name
-from .data import Dataset
-from .quant import gradient_l1_loss, kurtosis_loss, set_bitwidth
+from ..data import Dataset
+from ..federation.bitwidths import Setting, setting_name
+from ..quant import gradient_l1_loss, kurtosis_loss, set_bitwidth
+from .batches import memory_format_for, to_input
 
 REGULARIZERS = ("none", "kure", "gradl1")
-
-
-def memory_format_for(model: nn.Module) -> torch.memory_format:
-    """channels_last for conv models: ~30% faster CPU training and inference here (oneDNN's
-    native layout; see docs/benchmarks.md), else the default layout."""
-    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    return torch.channels_last if has_conv else torch.contiguous_format
-
-
-def to_input(data: Dataset, x: torch.Tensor, device, fmt: torch.memory_format) -> torch.Tensor:
-    """uint8 images -> normalised float batch on ``device`` in memory format ``fmt``."""
-    x = data.normalize(x.to(device, non_blocking=True))
-    return x.contiguous(memory_format=fmt) if x.dim() == 4 else x
 
 
 @dataclass
@@ -102,20 +90,3 @@ def train_local(model: nn.Module, data: Dataset, indices: torch.Tensor, cfg: Tra
             steps += 1
     bits_used = Counter({setting_name(s): k for s, k in steps_at.items()})
     return TrainResult(n, float(loss_sum) / max(steps, 1), steps, bits_used)
-
-
-@torch.inference_mode()
-def accuracy(model: nn.Module, data: Dataset, x: torch.Tensor, y: torch.Tensor,
-             batch_size: int = 256, device: torch.device | str = "cpu") -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of ``model`` in eval mode on uint8 images ``x``."""
-    fmt = memory_format_for(model)
-    model.to(device, memory_format=fmt).eval()
-    correct = torch.zeros((), device=device)
-    loss = torch.zeros((), device=device, dtype=torch.float64)
-    for i in range(0, len(x), batch_size):
-        xb = to_input(data, x[i:i + batch_size], device, fmt)
-        yb = y[i:i + batch_size].to(device)
-        out = model(xb)
-        loss += F.cross_entropy(out, yb, reduction="sum").double()
-        correct += (out.argmax(1) == yb).sum()
-    return float(correct) / len(x), float(loss) / len(x)

@@ -1,0 +1,62 @@
+"""A run's history: evaluations, client reports and timings by round; what results.json and the
+checkpoints are made of."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..federation.profiles import Profile, per_profile
+from ..federation.reports import RoundReport
+
+
+@dataclass
+class RunHistory:
+    """Everything a run has measured, by round. Restored from a checkpoint on resume, so the
+    results of a continued run hold every round since round 0."""
+
+    evals: dict[int, dict] = field(default_factory=dict)  # round -> setting -> {accuracy, loss}
+    reports: dict[int, RoundReport] = field(default_factory=dict)  # round -> training replies
+    round_s: dict[int, float] = field(default_factory=dict)  # round -> training wall time (this process)
+    eval_s: dict[int, float] = field(default_factory=dict)  # round -> evaluation wall time
+    to_round1_end_s: float | None = None  # from the start of the run to the end of round 1
+
+    def record_train(self, server_round: int, report: RoundReport) -> None:
+        self.reports[server_round] = report
+
+    def record_eval(self, server_round: int, evals: dict, seconds: float) -> None:
+        self.evals[server_round] = evals
+        self.eval_s[server_round] = seconds
+
+    def checkpoint_payload(self) -> dict:
+        """Reports and evaluations as plain data (what a weights-only checkpoint can hold)."""
+        return {"reports": {str(r): rep.to_dict() for r, rep in self.reports.items()},
+                "evals": {str(r): e for r, e in self.evals.items()}}
+
+    @classmethod
+    def from_checkpoint(cls, payload: Mapping) -> RunHistory:
+        """Inverse of :meth:`checkpoint_payload` (timings start afresh)."""
+        return cls(evals={int(r): e for r, e in payload["evals"].items()},
+                   reports={int(r): RoundReport.from_dict(d) for r, d in payload["reports"].items()})
+
+    def final(self) -> dict[str, float]:
+        """Accuracy per setting at the last evaluated round."""
+        return {k: v["accuracy"] for k, v in self.evals[max(self.evals)].items()}
+
+    def results(self, cfg: Mapping, profiles: list[Profile], model_bytes: dict[str, int], wall_time: float) -> dict:
+        """The content of results.json (without the partition sizes and resume note the app adds)."""
+        rounds = []
+        for r in range(cfg["num_rounds"] + 1):
+            entry: dict = {"round": r}
+            if r in self.evals:
+                entry["eval"] = self.evals[r]
+            if r in self.reports:
+                entry["train"] = self.reports[r].summary()
+            rounds.append(entry)
+        final = self.final()
+        return {"config": cfg, "rounds": rounds, "final": final, "per_profile": per_profile(profiles, final),
+                "model_bytes": model_bytes, "wall_time_s": wall_time}
+
+    def timing(self) -> dict:
+        return {"to_round1_end_s": self.to_round1_end_s, "round_s": list(self.round_s.values()),
+                "eval_s": {str(r): t for r, t in self.eval_s.items()}}

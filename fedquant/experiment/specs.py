@@ -1,0 +1,53 @@
+"""From a checked config to the small objects a run is built from: data and model specs (which
+every process rebuilds from), the training plan, the evaluation settings and the evaluator."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from ..federation.bitwidths import Setting, parse_settings
+from ..federation.plan import TrainingPlan
+from ..federation.profiles import profiles_from_config, with_profile_settings
+from ..learning.evaluation import Evaluator
+from .workspace import DataSpec, FederatedData, ModelSpec
+
+
+def _partition_params(part: Mapping) -> tuple:
+    return tuple(sorted((k, v) for k, v in part.items() if k != "name"))
+
+
+def experiment_specs(cfg: Mapping) -> tuple[DataSpec, ModelSpec]:
+    """The picklable data and model specs that the server and every worker rebuild from."""
+    data = DataSpec(cfg["dataset"]["name"], cfg["dataset"]["root"], cfg["partition"]["name"],
+                    _partition_params(cfg["partition"]), cfg["num_clients"], cfg["dataset"]["holdout"], cfg["seed"])
+    model = ModelSpec(cfg["model"]["name"], tuple(sorted(cfg["model"]["options"].items())),
+                      tuple(sorted(cfg["quantization"].items())))
+    return data, model
+
+
+def training_plan(cfg: Mapping) -> TrainingPlan:
+    """Client sampling, device profiles, bit-width assignment and fault injection from ``cfg``."""
+    strat, faults = cfg["strategy"], cfg["faults"]
+    return TrainingPlan(strat["name"], strat["sampling"], parse_settings(strat["bits"], "strategy.bits"),
+                        cfg["num_clients"], cfg["clients_per_round"], cfg["seed"],
+                        profiles_from_config(strat["profiles"]),
+                        failure_rate=faults["client_failure_rate"], nan_rate=faults["nan_client_rate"])
+
+
+def evaluation_settings(cfg: Mapping, names=None, key: str = "eval.settings") -> list[Setting]:
+    """The settings the server tests: ``names`` (default ``eval.settings``) plus every device
+    profile's deployment settings."""
+    settings = parse_settings(cfg["eval"]["settings"] if names is None else names, key)
+    return with_profile_settings(settings, profiles_from_config(cfg["strategy"]["profiles"]))
+
+
+def build_evaluator(cfg: Mapping, model: nn.Module, fed: FederatedData, settings: list[Setting],
+                    device: torch.device | str = "cpu", **overrides) -> Evaluator:
+    """The server's evaluator for ``model`` with the ``eval`` options of ``cfg`` (``overrides``
+    replace some, e.g. ``estimator="mse"`` for a re-evaluation)."""
+    ev = {**cfg["eval"], **overrides}
+    return Evaluator(model, fed.data, fed.holdout, settings, ev["estimator"], ev["reestimate_bn"],
+                     ev["batch_size"], device)
