@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -15,12 +16,28 @@ from omegaconf import DictConfig, OmegaConf
 from fedquant.data import DatasetError
 from fedquant.experiment.config import ConfigError
 from fedquant.runtime.checkpoint import CheckpointError, list_checkpoints
+from fedquant.runtime.simulation import RayUnreachable
+from fedquant.tracking.wandb_logger import WandbSetupError
 from strategies import DivergenceError, TooFewReplies
 
 # errors that end a run with one line (exit 1; config errors exit 2) instead of a traceback
-RUN_ERRORS = (ConfigError, DatasetError, CheckpointError, DivergenceError, TooFewReplies)
+RUN_ERRORS = (ConfigError, DatasetError, CheckpointError, DivergenceError, TooFewReplies, RayUnreachable,
+              WandbSetupError)
+CONFIG_ERRORS = (ConfigError, WandbSetupError)  # exit 2; the others exit 1
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def remove_if_empty(run_dir: Path) -> bool:
+    """Delete a run folder that holds nothing but Hydra's ``.hydra`` record and empty files (a
+    run stopped before it started): no empty folders for the report to list. True if deleted."""
+    if not run_dir.is_dir():
+        return False
+    for entry in run_dir.iterdir():
+        if entry.name != ".hydra" and not (entry.is_file() and entry.stat().st_size == 0):
+            return False
+    shutil.rmtree(run_dir)
+    return True
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
@@ -42,9 +59,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         if isinstance(err, (DivergenceError, TooFewReplies)) and kept:
             message += f" [last good checkpoint: {kept[-1]}; continue with resume_from={kept[-1].parent}]"
         print(message, file=sys.stderr)
+        remove_if_empty(Path(hydra_cfg.runtime.output_dir))
         if multirun:  # one bad job must not stop the sweep
             return None
-        sys.exit(2 if isinstance(err, ConfigError) else 1)
+        sys.exit(2 if isinstance(err, CONFIG_ERRORS) else 1)
     except Exception as err:  # noqa: BLE001 - in a sweep, report and go on to the next job
         if not multirun:
             raise
@@ -54,7 +72,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         print(f"error: sweep job {job} ({' '.join(hydra_cfg.overrides.task)}) failed: "
               f"{type(err).__name__}: {err}; traceback in {log}", file=sys.stderr)
         return None
-    return results["final"][metric] if metric else None
+    # a search chooses on validation numbers, never on test (conf/hparams_search/*)
+    return results["final_validation"][metric] if metric else None
 
 
 def main() -> None:

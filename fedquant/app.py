@@ -18,7 +18,8 @@ from flwr.serverapp import Grid, ServerApp
 from clients import ClientSetup, make_client_app
 from strategies import build_strategy, server_options
 
-from .experiment.config import validate
+from .data import DatasetError
+from .experiment.config import ConfigError, validate
 from .experiment.history import RunHistory
 from .experiment.resume import load_resume
 from .experiment.rounds import AfterRound, Schedule
@@ -38,6 +39,18 @@ def check_config(cfg: Mapping) -> None:
     validate(cfg, server_options())
 
 
+def _load_federated_data(spec):
+    """The data, before Ray starts: missing files raise ``DatasetError`` (exit 1); values that are
+    only invalid given the data (more clients than images, a hold-out as large as the training
+    set) raise ``ConfigError`` naming the key (exit 2)."""
+    try:
+        return federated_data(spec)
+    except DatasetError:
+        raise
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
 def _make_logger(cfg: Mapping, output_dir: Path, group: str | None):
     log = cfg["logger"]
     if log["name"] != "wandb":
@@ -55,10 +68,11 @@ def _server_app(strategy, initial_state: dict, num_rounds: int, offset: int, tra
     model to ``after_round`` after each (Flower's ``evaluate_fn``)."""
 
     def evaluate_fn(flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        evals = after_round(flower_round + offset, arrays.to_torch_state_dict())
-        if evals is None:
+        evaluation = after_round(flower_round + offset, arrays.to_torch_state_dict())
+        if evaluation is None:
             return None
-        return MetricRecord({f"{k}/{m}": v[m] for k, v in evals.items() for m in ("accuracy", "loss")})
+        return MetricRecord({f"{split}/{k}/{m}": v[m] for split, evals in evaluation.items()
+                             for k, v in evals.items() for m in ("accuracy", "loss")})
 
     app = ServerApp()
 
@@ -88,7 +102,7 @@ def run_experiment(cfg: Mapping, output_dir: str | Path, group: str | None = Non
     output_dir.mkdir(parents=True, exist_ok=True)
     resumed = load_resume(cfg, output_dir, runs_root)
     data_spec, model_spec = experiment_specs(cfg)
-    fed = federated_data(data_spec)  # DatasetError here: before Ray starts
+    fed = _load_federated_data(data_spec)
     plan = training_plan(cfg)
     settings = evaluation_settings(cfg)
     model = build_quantized_model(model_spec, fed.data, seed=cfg["seed"])
@@ -125,10 +139,12 @@ def run_experiment(cfg: Mapping, output_dir: str | Path, group: str | None = Non
         run_flower_simulation(server_app, client_app, cfg["clients_per_round"],
                               num_cpus_per_client=sim["num_cpus_per_client"],
                               num_gpus_per_client=sim["num_gpus_per_client"],
-                              ray_address=sim["ray_address"], verbose=sim["verbose"])
+                              ray_address=sim["ray_address"], ray_timeout_s=sim["ray_timeout_s"],
+                              verbose=sim["verbose"])
         wall_time = time.perf_counter() - start
-        results = history.results(cfg, plan.profiles, evaluator.model_bytes(), wall_time)
-        results["partition"] = {"sizes": [len(c) for c in fed.clients], "holdout": len(fed.holdout)}
+        results = history.results(cfg, plan.profiles, evaluator.model_bytes(), wall_time, evaluator.describe())
+        results["partition"] = {"sizes": [len(c) for c in fed.clients], "calibration": len(fed.calibration),
+                                "validation": len(fed.validation)}
         if resumed:
             results["resumed_from"] = {"checkpoint": resumed["path"], "round": resumed["round"]}
         results["timing"] = history.timing()
@@ -137,7 +153,7 @@ def run_experiment(cfg: Mapping, output_dir: str | Path, group: str | None = Non
         if logger is not None:
             logger.finish(results, plots, failed=results is None)
     reporter.final_table(results["rounds"], [setting_name(s) for s in settings], results["per_profile"],
-                         wall_time, str(output_dir))
+                         wall_time, str(output_dir), results["protocol"])
     return results
 
 

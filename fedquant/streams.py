@@ -23,6 +23,8 @@ class Stream(enum.IntEnum):
     STEP_SETTING = 7  # per_step sampling: the client's draw before every step
     FAILURE = 8  # simulation-only fault injection: client raises
     NAN = 9  # simulation-only fault injection: client replies NaN
+    VALIDATION = 10  # which server hold-out images are validation (the rest calibrate)
+    CALIBRATION_DRAW = 11  # reevaluate: random calibration subsets (sensitivity to the draw)
 
 
 def stream_rng(seed: int, stream: Stream, *keys: int) -> np.random.Generator:

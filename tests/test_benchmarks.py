@@ -38,3 +38,8 @@ def test_sim_overhead_runs():
 def test_scale_clients_runs():
     out = bench("benchmarks.scale_clients", "--tiny", "--sizes", "6", "12", "--rounds", "2")
     assert re.search(r"peak RSS growth 6 -> 12 partitions: [+-]\d+\.\d%", out)
+
+
+def test_ptq_cost_runs():
+    out = bench("benchmarks.ptq_cost", "--tiny", "--repeats", "1", "--iterations", "20", "--settings", "w4a4")
+    assert re.search(r"^\s+w4a4\s+\d+\.\d\d\s+\d+\.\d\d\s+\d+\.\d$", out, re.M)

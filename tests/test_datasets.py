@@ -58,6 +58,19 @@ def test_fmnist_from_dataset_root(tmp_path, no_debian):
     assert np.array_equal(data.test_y.numpy(), arrays["t10k-labels"])
 
 
+def test_a_given_root_is_used_not_the_debian_copy(tmp_path, monkeypatch):
+    monkeypatch.setattr(ds, "DEFAULT_ROOT", tmp_path / "default-root")
+    debian = write_fmnist(tmp_path / "debian")
+    monkeypatch.setattr(ds, "DEBIAN_FMNIST", tmp_path / "debian")
+    monkeypatch.setattr(ds, "FMNIST_URL", OFFLINE)
+    assert np.array_equal(ds._load_fmnist(None).train_x[:, 0].numpy(), debian["train-images"])  # no root: Debian
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(DatasetError, match="not in " + str(tmp_path / "mine") + " and downloading"):
+        ds._load_fmnist(tmp_path / "mine")  # before: silently loaded the Debian copy
+    mine = write_fmnist(tmp_path / "mine", seed=2)
+    assert np.array_equal(ds._load_fmnist(tmp_path / "mine").train_x[:, 0].numpy(), mine["train-images"])
+
+
 def test_fmnist_decoded_once_then_memory_mapped_and_invalidated_by_changes(tmp_path, no_debian):
     arrays = write_fmnist(tmp_path / "fm")
     first = ds._load_fmnist(tmp_path / "fm")

@@ -78,7 +78,7 @@ def test_mse_calibration_beats_minmax_on_heavy_tails():
     x[0, 0] = 40.0  # one outlier stretches the min-max range
     errors = {}
     for est in ("minmax", "mse"):
-        calibrate(model, [x], estimator=est)
+        calibrate(model, [x], act_range=est)
         q = model[0].input_quantizer
         errors[est] = (q(x) - x).pow(2).mean().item()
     assert errors["mse"] < 0.5 * errors["minmax"]
@@ -127,7 +127,7 @@ def test_batchnorm_reestimation_is_exact_mean():
     (lambda: QuantConfig(weight_bits="4"), "weight_bits='4' is not valid"),
     (lambda: QuantConfig(weight_granularity="per_row"), "allowed are per_channel, per_tensor"),
     (lambda: QuantConfig(range_tracking="ema"), "allowed are running, hindsight"),
-    (lambda: calibrate(quantize_model(nn.Linear(2, 2)), [torch.zeros(1, 2)], estimator="kl"), "allowed are minmax, mse"),
+    (lambda: calibrate(quantize_model(nn.Linear(2, 2)), [torch.zeros(1, 2)], act_range="kl"), "allowed are minmax, mse, percentile"),
     (lambda: quantize_model(nn.Sequential(nn.ReLU())), "no quantizable layer: allowed layer types are Linear, Conv2d"),
     (lambda: set_bitwidth(quantize_model(nn.Linear(2, 2)), 0, 4), "weight_bits=0 is out of range"),
 ])

@@ -35,7 +35,8 @@ def test_round_time_excludes_evaluation_checkpoint_and_logging(resumed_round):
 
     def evaluator(state):
         clock.now += 1.0  # evaluation takes 1 s
-        return {"fp": {"accuracy": state["acc"], "loss": 0.0}}
+        return {"test": {"fp": {"accuracy": state["acc"], "loss": 0.0}},
+                "validation": {"fp": {"accuracy": state["acc"] / 2, "loss": 0.0}}}
 
     class SlowLogger:
         def log_round(self, *args):
@@ -57,6 +58,6 @@ def test_round_time_excludes_evaluation_checkpoint_and_logging(resumed_round):
     assert history.round_s == {r: 3.0 * r for r in range(first + 1, 5)}
     assert history.eval_s == {r: 1.0 for r in range(first if resumed_round is None else first + 1, 5)}
     assert saved == list(range(max(first, 1) if resumed_round is None else first + 1, 5))
-    assert history.final() == {"fp": 0.4}
+    assert history.final() == {"fp": 0.4} and history.final("validation") == {"fp": 0.2}
     if resumed_round is None:  # start -> end of round 1: round 0's evaluation and logging + round 1
         assert history.to_round1_end_s == 1.0 + 10.0 + 3.0

@@ -93,10 +93,10 @@ def test_cli_cifar_from_local_folder_runs(tmp_path):
     for name, raw in members.items():
         (folder / name).write_bytes(raw)
     run_dir = tmp_path / "run"
-    proc = cli("+experiment=cifar_qafedavg", f"dataset.root={tmp_path / 'cifar'}", "dataset.holdout=20",
-               "num_clients=4", "clients_per_round=2", "num_rounds=1", "partition=iid", "eval.settings=[fp,w4a4]",
+    proc = cli("+experiment=cifar_qafedavg", f"dataset.root={tmp_path / 'cifar'}", "dataset.holdout=40",
+               "dataset.validation=8", "num_clients=4", "clients_per_round=2", "num_rounds=1", "partition=iid", "eval.settings=[fp,w4a4]",
                "quiet=true", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads((run_dir / "results.json").read_text())
     assert res["config"]["model"]["name"] == "resnet20" and set(res["final"]) == {"fp", "w4a4"}
-    assert res["partition"] == {"sizes": [25, 25, 25, 25], "holdout": 20}
+    assert res["partition"] == {"sizes": [20, 20, 20, 20], "calibration": 32, "validation": 8}

@@ -1,18 +1,14 @@
-"""Local results, plots, W&B offline run files and the sweep report, from real small runs."""
+"""Local results, plots and W&B offline run files, from real small runs (the sweep report:
+tests/test_report.py)."""
 
 import csv
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from fedquant.app import run_experiment
 from tests.helpers import TINY, make_config
 from tests.wandb_records import read_records
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -67,74 +63,6 @@ def test_offline_wandb_run_holds_metrics_and_config(wandb_run):
     assert last_fp == pytest.approx(results["final"]["fp"])
 
 
-def test_report_on_a_real_multirun(tmp_path):
-    sweep = tmp_path / "sweep"
-    proc = subprocess.run(
-        [sys.executable, "-m", "fedquant", "-m", *TINY, "num_rounds=1", "eval.settings=[fp,w4a4]",
-         "strategy=fedavg,qafedavg", "clients_per_round=3,7", f"hydra.sweep.dir={sweep}"],
-        capture_output=True, text=True, cwd=ROOT, timeout=400)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    # clients_per_round=7 > num_clients=6: those two jobs fail with one line each, the others run
-    assert proc.stderr.count("error: clients_per_round=7 is not valid") == 2
-    assert len(list(sweep.glob("*/results.json"))) == 2
-    report = subprocess.run([sys.executable, "-m", "fedquant.report", str(sweep)], capture_output=True,
-                            text=True, cwd=ROOT, timeout=120)
-    assert report.returncode == 0, report.stderr
-    lines = report.stdout.strip().splitlines()
-    assert lines[0] == "| method | seeds | fp | w4a4 |"
-    table = lines[2:lines.index("")]
-    labels = {frozenset(line.split(" | ")[0].lstrip("| ").split(", ")) for line in table}
-    assert labels == {frozenset({"strategy=fedavg", "clients_per_round=3"}),
-                      frozenset({"strategy=qafedavg", "clients_per_round=3"})}
-    assert "Jobs without results" in report.stdout
-    finals = {json.loads(p.read_text())["config"]["strategy"]["name"]: json.loads(p.read_text())["final"]
-              for p in sweep.glob("*/results.json")}
-    row = next(line for line in table if "strategy=fedavg" in line.split(" | ")[0])
-    assert f"{100 * finals['fedavg']['w4a4']:.2f} ± 0.00" in row
-    assert (sweep / "report.csv").is_file() and (sweep / "report.png").stat().st_size > 10_000
-    assert (sweep / "report_rounds.png").stat().st_size > 10_000
-    # the curves: rounds 0 and 1 evaluated, mean over the one seed = the job's own accuracies
-    runs = {r["config"]["strategy"]["name"]: r for r in (json.loads(p.read_text()) for p in sweep.glob("*/results.json"))}
-    rows = lines[lines.index("| method | 0 | 1 |") + 2:]
-    row = next(row for row in rows if "strategy=fedavg" in row)
-    cells = [f"{100 * e['eval']['fp']['accuracy']:.1f} / {100 * e['eval']['w4a4']['accuracy']:.1f}" for e in runs["fedavg"]["rounds"]]
-    assert row.strip("| ").split(" | ")[1:] == cells
-    assert "2 jobs; their wall times sum to" in report.stdout
-
-    # the final models again from their checkpoints: the run's own options give the run's numbers
-    same, mse = tmp_path / "same", tmp_path / "mse"
-    for out, estimator in ((same, "minmax"), (mse, "mse")):
-        proc = subprocess.run([sys.executable, "-m", "fedquant.reevaluate", str(sweep), "--out", str(out),
-                               "--estimator", estimator], capture_output=True, text=True, cwd=ROOT, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-    for job in sweep.glob("*/results.json"):
-        original = json.loads(job.read_text())
-        assert json.loads((same / job.parent.name / "results.json").read_text())["final"] == original["final"]
-        again = json.loads((mse / job.parent.name / "results.json").read_text())
-        assert again["reevaluated"]["estimator"] == "mse" and again["final"]["fp"] == original["final"]["fp"]
-    assert "| method | seeds | fp | w4a4 |" in subprocess.run(
-        [sys.executable, "-m", "fedquant.report", str(mse)], capture_output=True, text=True, cwd=ROOT, timeout=120).stdout
-
-
-def test_report_groups_continued_runs_by_method_not_by_checkpoint(tmp_path):
-    from fedquant.analysis.report import collect
-
-    jobs = {"a/6": ("seed=0", "+experiment=a", 0.5), "b/18": ("seed=1", "+experiment=a", 0.7),
-            "b/7": ("seed=0", "+experiment=b", 0.9)}  # two sweep folders, reported together
-    for name, (seed, experiment, acc) in jobs.items():
-        (tmp_path / name / ".hydra").mkdir(parents=True)
-        overrides = [seed, experiment, "num_rounds=80", f"resume_from=multirun/study/{name}"]
-        (tmp_path / name / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-        (tmp_path / name / "results.json").write_text(json.dumps({"final": {"fp": acc}}))
-    methods, missing = collect([tmp_path / "a", tmp_path / "b"])
-    assert not missing
-    assert {m: [r["final"]["fp"] for r in runs] for m, runs in methods.items()} == {"+experiment=a": [0.5, 0.7],
-                                                                                   "+experiment=b": [0.9]}
-    proc = subprocess.run([sys.executable, "-m", "fedquant.report", str(tmp_path / "a"), str(tmp_path / "b")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert proc.returncode == 2 and proc.stderr.strip() == "error: several sweeps given: say where the combined report goes with --out DIR"
-
-
 def test_wandb_run_is_finished_with_failure_when_the_run_fails(tmp_path):
     from strategies import DivergenceError
 
@@ -145,14 +73,3 @@ def test_wandb_run_is_finished_with_failure_when_the_run_fails(tmp_path):
     records = read_records(next((tmp_path / "wandb").glob("offline-run-*/run-*.wandb")))
     exits = [r.exit for r in records if r.WhichOneof("record_type") == "exit"]
     assert len(exits) == 1 and exits[0].exit_code == 1
-
-
-def test_report_without_results_is_one_line_and_exit_2(tmp_path, capsys):
-    from fedquant.analysis.report import ReportError, main, make_report
-
-    with pytest.raises(ReportError, match="no results.json under"):  # a library error, not an exit
-        make_report([tmp_path])
-    with pytest.raises(SystemExit) as stop:
-        main([str(tmp_path)])
-    err = capsys.readouterr().err
-    assert stop.value.code == 2 and err.startswith("error: no results.json under") and err.count("\n") == 1

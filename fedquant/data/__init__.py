@@ -8,9 +8,10 @@ from .partition import (
     mean_label_entropy,
     partition_indices,
     split_holdout,
+    split_validation,
 )
 
 __all__ = [
     "CIFAR", "DATASETS", "SCHEMES", "Dataset", "DatasetError", "label_histogram", "load_dataset",
-    "mean_label_entropy", "partition_indices", "split_holdout",
+    "mean_label_entropy", "partition_indices", "split_holdout", "split_validation",
 ]

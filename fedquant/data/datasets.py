@@ -145,8 +145,10 @@ def _cached_arrays(sources: list[Path], read: Callable[[], dict[str, np.ndarray]
 
 
 def _find_fmnist(root: Path | None) -> Path | None:
-    candidates = [root, root / "fashion-mnist"] if root else [DEFAULT_ROOT / "fmnist"]
-    for folder in [*candidates, DEBIAN_FMNIST]:
+    """The folder holding the four IDX files: in ``root`` (or its ``fashion-mnist`` subfolder)
+    when given, and only there; else fedquant's data folder or Debian's package."""
+    candidates = [root, root / "fashion-mnist"] if root else [DEFAULT_ROOT / "fmnist", DEBIAN_FMNIST]
+    for folder in candidates:
         if all((folder / f).is_file() for f in FMNIST_FILES):
             return folder
     return None
@@ -161,7 +163,7 @@ def _load_fmnist(root: Path | None) -> Dataset:
                 if not (target / name).is_file():
                     download(FMNIST_URL + name, target / name, md5)
         except OSError as err:
-            looked = ", ".join(str(p) for p in ([root] if root else [target]) + [DEBIAN_FMNIST])
+            looked = ", ".join(str(p) for p in ([root] if root else [target, DEBIAN_FMNIST]))
             raise DatasetError(
                 f"fmnist: the IDX files are not in {looked} and downloading from {FMNIST_URL} failed "
                 f"({getattr(err, 'reason', err)}); install them with 'apt-get install dataset-fashion-mnist' "

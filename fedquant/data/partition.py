@@ -21,9 +21,21 @@ SCHEMES = ("iid", "dirichlet", "shards")
 def split_holdout(num_samples: int, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded split of ``range(num_samples)`` into (server hold-out, the rest), both sorted."""
     if not 0 <= holdout < num_samples:
-        raise ValueError(f"partition.holdout={holdout} is not valid: allowed is 0 <= holdout < {num_samples} (training samples)")
+        raise ValueError(f"dataset.holdout={holdout} is not valid: allowed is 0 <= holdout < {num_samples} "
+                         "(the training images)")
     order = stream_rng(seed, Stream.HOLDOUT).permutation(num_samples)
     return np.sort(order[:holdout]), np.sort(order[holdout:])
+
+
+def split_validation(holdout: np.ndarray, validation: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of the server hold-out into (calibration, validation), both sorted: the
+    calibration part sets ranges and BatchNorm statistics, the validation part is where choices
+    are made; no client sees either."""
+    if not 0 <= validation <= len(holdout):
+        raise ValueError(f"dataset.validation={validation} is not valid: allowed is 0..{len(holdout)} "
+                         "(dataset.holdout)")
+    order = stream_rng(seed, Stream.VALIDATION).permutation(holdout)
+    return np.sort(order[validation:]), np.sort(order[:validation])
 
 
 def partition_indices(labels: np.ndarray, num_clients: int, scheme: str, seed: int,

@@ -12,10 +12,11 @@ from pathlib import Path
 from ..data import DATASETS, SCHEMES
 from ..federation.bitwidths import FLOAT, SAMPLING_MODES, parse_setting, parse_settings
 from ..federation.plan import ON_TOO_FEW, STRATEGIES
+from ..learning.evaluation import PTQ_METHODS
 from ..learning.local_training import REGULARIZERS
 from ..models import MODELS
 from ..quant import QuantConfig
-from ..quant.config import ESTIMATORS
+from ..quant.config import ACT_RANGES, WEIGHT_RANGES
 
 LOGGERS = ("none", "wandb")
 WANDB_MODES = ("online", "offline", "disabled")
@@ -114,6 +115,23 @@ def check_profiles(cfg: Mapping, bits: list) -> None:
         raise ConfigError(f"strategy.profiles shares sum to {total:g}: allowed is a sum of 1")
 
 
+MIN_CALIBRATION = 32  # images: one batch for BatchNorm statistics and activation ranges
+
+
+def check_holdout(cfg: Mapping, quantized: bool) -> None:
+    """The server hold-out must leave ``MIN_CALIBRATION`` calibration images after the
+    validation ones whenever a quantized setting is tested (or BatchNorm is re-estimated)."""
+    holdout = _int(cfg, "dataset.holdout", 0)
+    validation = _int(cfg, "dataset.validation", 0)
+    if validation > holdout:
+        raise ConfigError(f"dataset.validation={validation} is not valid: allowed is at most dataset.holdout={holdout} "
+                          "(validation images are taken from the server hold-out)")
+    if (quantized or _get(cfg, "eval.reestimate_bn") is True) and holdout - validation < MIN_CALIBRATION:
+        raise ConfigError(f"dataset.holdout={holdout} is too small: it leaves {holdout - validation} calibration images "
+                          f"after dataset.validation={validation}; allowed is dataset.holdout >= dataset.validation + "
+                          f"{MIN_CALIBRATION} when quantized settings are tested or BatchNorm is re-estimated")
+
+
 def validate(cfg: Mapping, servers: Mapping[str, Collection[str]]) -> None:
     """Raise :class:`ConfigError` for the first problem found in ``cfg``.
 
@@ -131,12 +149,14 @@ def validate(cfg: Mapping, servers: Mapping[str, Collection[str]]) -> None:
         if not isinstance(root, str) or not root:
             raise ConfigError(f"dataset.root={root!r} is not valid: allowed is null or a folder path")
         path = Path(root).expanduser()
-        if path.exists() and not path.is_dir():
+        if _get(cfg, "dataset.name") == "digits":
+            raise ConfigError(f"dataset.root={root!r} is not valid for dataset.name=digits: digits is bundled "
+                              "with scikit-learn; allowed is null")
+        if not path.exists():
+            raise ConfigError(f"dataset.root={root!r} does not exist: create the folder (a missing dataset is "
+                              "downloaded into it) or set dataset.root=null to use the default places")
+        if not path.is_dir():
             raise ConfigError(f"dataset.root={root!r} is not valid: it is a file, allowed is a folder")
-        if not path.exists() and not path.parent.is_dir():
-            raise ConfigError(f"dataset.root={root!r} is not valid: neither it nor its parent folder exists")
-    _int(cfg, "dataset.holdout", 0)
-
     _choice(cfg, "model.name", MODELS)
     if not isinstance(_need(cfg, "model.options"), Mapping):
         raise ConfigError(f"model.options={_get(cfg, 'model.options')!r} is not valid: allowed is a mapping")
@@ -187,9 +207,14 @@ def validate(cfg: Mapping, servers: Mapping[str, Collection[str]]) -> None:
     _choice(cfg, "client.regularizer", REGULARIZERS)
     _float(cfg, "client.reg_weight", 0.0)
 
-    _wrap("eval.settings", parse_settings, _need(cfg, "eval.settings"), "eval.settings")
+    settings = _wrap("eval.settings", parse_settings, _need(cfg, "eval.settings"), "eval.settings")
     _int(cfg, "eval.every", 1)
-    _choice(cfg, "eval.estimator", ESTIMATORS)
+    _choice(cfg, "eval.weight_range", WEIGHT_RANGES)
+    _choice(cfg, "eval.act_range", ACT_RANGES)
+    _float(cfg, "eval.act_percentile", 50.0, 100.0, lo_open=True)
+    _choice(cfg, "eval.ptq", PTQ_METHODS)
+    _int(cfg, "eval.adaround_iterations", 1)
+    check_holdout(cfg, quantized=any(s != FLOAT for s in settings) or bool(_get(cfg, "strategy.profiles")))
     for key in ("eval.reestimate_bn", "eval.initial", "simulation.retain_freed_memory"):
         if not isinstance(_need(cfg, key), bool):
             raise ConfigError(f"{key}={_get(cfg, key)!r} is not valid: allowed are true, false")
@@ -206,6 +231,7 @@ def validate(cfg: Mapping, servers: Mapping[str, Collection[str]]) -> None:
     _float(cfg, "simulation.num_cpus_per_client", 0.0, lo_open=True)
     _float(cfg, "simulation.num_gpus_per_client", 0.0)
     _choice(cfg, "simulation.device", DEVICES)
+    _float(cfg, "simulation.ray_timeout_s", 0.0, lo_open=True)
     address = _need(cfg, "simulation.ray_address")
     if address is not None and not isinstance(address, str):
         raise ConfigError(f"simulation.ray_address={address!r} is not valid: allowed is null, auto or host:port")

@@ -15,7 +15,8 @@ class RunHistory:
     """Everything a run has measured, by round. Restored from a checkpoint on resume, so the
     results of a continued run hold every round since round 0."""
 
-    evals: dict[int, dict] = field(default_factory=dict)  # round -> setting -> {accuracy, loss}
+    evals: dict[int, dict] = field(default_factory=dict)  # round -> setting -> {accuracy, loss} (test)
+    validation: dict[int, dict] = field(default_factory=dict)  # round -> setting -> {accuracy, loss}
     reports: dict[int, RoundReport] = field(default_factory=dict)  # round -> training replies
     round_s: dict[int, float] = field(default_factory=dict)  # round -> training wall time (this process)
     eval_s: dict[int, float] = field(default_factory=dict)  # round -> evaluation wall time
@@ -24,37 +25,49 @@ class RunHistory:
     def record_train(self, server_round: int, report: RoundReport) -> None:
         self.reports[server_round] = report
 
-    def record_eval(self, server_round: int, evals: dict, seconds: float) -> None:
-        self.evals[server_round] = evals
+    def record_eval(self, server_round: int, evaluation: dict, seconds: float) -> None:
+        """``evaluation`` as the Evaluator returns it: ``{"test": ..., "validation": ...}``."""
+        self.evals[server_round] = evaluation["test"]
+        if evaluation["validation"]:
+            self.validation[server_round] = evaluation["validation"]
         self.eval_s[server_round] = seconds
 
     def checkpoint_payload(self) -> dict:
         """Reports and evaluations as plain data (what a weights-only checkpoint can hold)."""
         return {"reports": {str(r): rep.to_dict() for r, rep in self.reports.items()},
-                "evals": {str(r): e for r, e in self.evals.items()}}
+                "evals": {str(r): e for r, e in self.evals.items()},
+                "validation": {str(r): e for r, e in self.validation.items()}}
 
     @classmethod
     def from_checkpoint(cls, payload: Mapping) -> RunHistory:
         """Inverse of :meth:`checkpoint_payload` (timings start afresh)."""
         return cls(evals={int(r): e for r, e in payload["evals"].items()},
+                   validation={int(r): e for r, e in payload.get("validation", {}).items()},
                    reports={int(r): RoundReport.from_dict(d) for r, d in payload["reports"].items()})
 
-    def final(self) -> dict[str, float]:
-        """Accuracy per setting at the last evaluated round."""
-        return {k: v["accuracy"] for k, v in self.evals[max(self.evals)].items()}
+    def final(self, split: str = "test") -> dict[str, float]:
+        """Accuracy per setting at the last evaluated round, on the test or validation split."""
+        evals = self.evals if split == "test" else self.validation
+        return {k: v["accuracy"] for k, v in evals[max(evals)].items()} if evals else {}
 
-    def results(self, cfg: Mapping, profiles: list[Profile], model_bytes: dict[str, int], wall_time: float) -> dict:
-        """The content of results.json (without the partition sizes and resume note the app adds)."""
+    def results(self, cfg: Mapping, profiles: list[Profile], model_bytes: dict[str, int], wall_time: float,
+                protocol: dict) -> dict:
+        """The content of results.json (without the partition sizes and resume note the app adds).
+        ``final`` is the test accuracy at the last evaluation, ``final_validation`` the validation
+        accuracy there; ``protocol`` says how the server evaluated."""
         rounds = []
         for r in range(cfg["num_rounds"] + 1):
             entry: dict = {"round": r}
             if r in self.evals:
                 entry["eval"] = self.evals[r]
+            if r in self.validation:
+                entry["validation"] = self.validation[r]
             if r in self.reports:
                 entry["train"] = self.reports[r].summary()
             rounds.append(entry)
         final = self.final()
-        return {"config": cfg, "rounds": rounds, "final": final, "per_profile": per_profile(profiles, final),
+        return {"config": cfg, "protocol": protocol, "rounds": rounds, "final": final,
+                "final_validation": self.final("validation"), "per_profile": per_profile(profiles, final),
                 "model_bytes": model_bytes, "wall_time_s": wall_time}
 
     def timing(self) -> dict:

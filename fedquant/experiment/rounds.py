@@ -61,7 +61,8 @@ class AfterRound:
     _last: float | None = None
 
     def __call__(self, server_round: int, state: State) -> dict | None:
-        """Returns the round's evaluations (setting -> {accuracy, loss}), or None when not due."""
+        """Returns the round's evaluation (``{"test": ..., "validation": ...}``, each setting ->
+        {accuracy, loss}), or None when not due."""
         now = self.clock()
         if server_round == self.resumed_round:
             self._last = now
@@ -70,12 +71,12 @@ class AfterRound:
             self.history.round_s[server_round] = now - self._last
             if server_round == 1:
                 self.history.to_round1_end_s = now - self.started
-        evals = None
+        evaluation = None
         if self.schedule.evaluates(server_round):
-            evals = self.evaluator(state)
-            self.history.record_eval(server_round, evals, self.clock() - now)
+            evaluation = self.evaluator(state)
+            self.history.record_eval(server_round, evaluation, self.clock() - now)
         report = self.history.reports.get(server_round)
-        accuracies = {k: v["accuracy"] for k, v in evals.items()} if evals else None
+        accuracies = {k: v["accuracy"] for k, v in evaluation["test"].items()} if evaluation else None
         self.reporter.round_done(server_round, report.loss if report else None,
                                  len(report.failures) if report else 0, accuracies)
         if self.save_checkpoint is not None and self.schedule.checkpoints(server_round):
@@ -83,7 +84,7 @@ class AfterRound:
         if self.logger is not None:
             train = {"loss": report.loss, "failures": len(report.failures), "bits_used": report.bits_used} \
                 if report else None
-            self.logger.log_round(server_round, evals, train,
+            self.logger.log_round(server_round, evaluation, train,
                                   per_profile(self.profiles, accuracies) if accuracies else None)
         self._last = self.clock()  # after logging: the next round's time is its training only
-        return evals
+        return evaluation

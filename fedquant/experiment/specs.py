@@ -11,7 +11,7 @@ from torch import nn
 from ..federation.bitwidths import Setting, parse_settings
 from ..federation.plan import TrainingPlan
 from ..federation.profiles import profiles_from_config, with_profile_settings
-from ..learning.evaluation import Evaluator
+from ..learning.evaluation import EvalProtocol, Evaluator
 from .workspace import DataSpec, FederatedData, ModelSpec
 
 
@@ -22,7 +22,8 @@ def _partition_params(part: Mapping) -> tuple:
 def experiment_specs(cfg: Mapping) -> tuple[DataSpec, ModelSpec]:
     """The picklable data and model specs that the server and every worker rebuild from."""
     data = DataSpec(cfg["dataset"]["name"], cfg["dataset"]["root"], cfg["partition"]["name"],
-                    _partition_params(cfg["partition"]), cfg["num_clients"], cfg["dataset"]["holdout"], cfg["seed"])
+                    _partition_params(cfg["partition"]), cfg["num_clients"], cfg["dataset"]["holdout"],
+                    cfg["dataset"]["validation"], cfg["seed"])
     model = ModelSpec(cfg["model"]["name"], tuple(sorted(cfg["model"]["options"].items())),
                       tuple(sorted(cfg["quantization"].items())))
     return data, model
@@ -44,10 +45,17 @@ def evaluation_settings(cfg: Mapping, names=None, key: str = "eval.settings") ->
     return with_profile_settings(settings, profiles_from_config(cfg["strategy"]["profiles"]))
 
 
+def eval_protocol(cfg: Mapping, **overrides) -> EvalProtocol:
+    """The ``eval`` options of ``cfg`` as an :class:`EvalProtocol` (``overrides`` replace some,
+    e.g. ``ptq="adaround"`` for a re-evaluation)."""
+    ev = {**cfg["eval"], **overrides}
+    return EvalProtocol(ev["weight_range"], ev["act_range"], float(ev["act_percentile"]), ev["reestimate_bn"],
+                        ev["ptq"], int(ev["adaround_iterations"]))
+
+
 def build_evaluator(cfg: Mapping, model: nn.Module, fed: FederatedData, settings: list[Setting],
                     device: torch.device | str = "cpu", **overrides) -> Evaluator:
     """The server's evaluator for ``model`` with the ``eval`` options of ``cfg`` (``overrides``
-    replace some, e.g. ``estimator="mse"`` for a re-evaluation)."""
-    ev = {**cfg["eval"], **overrides}
-    return Evaluator(model, fed.data, fed.holdout, settings, ev["estimator"], ev["reestimate_bn"],
-                     ev["batch_size"], device)
+    as in :func:`eval_protocol`)."""
+    return Evaluator(model, fed.data, fed.calibration, fed.validation, settings, eval_protocol(cfg, **overrides),
+                     cfg["eval"]["batch_size"], device)

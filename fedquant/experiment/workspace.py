@@ -14,7 +14,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import Dataset, label_histogram, load_dataset, partition_indices, split_holdout
+from ..data import (
+    Dataset,
+    label_histogram,
+    load_dataset,
+    partition_indices,
+    split_holdout,
+    split_validation,
+)
 from ..models import build_model
 from ..quant import QuantConfig, quantize_model
 
@@ -26,7 +33,8 @@ class DataSpec:
     partition: str
     partition_params: tuple[tuple[str, float], ...]
     num_clients: int
-    holdout: int
+    holdout: int  # server hold-out: calibration + validation, seen by no client
+    validation: int  # of which validation
     seed: int
 
 
@@ -40,7 +48,8 @@ class ModelSpec:
 @dataclass
 class FederatedData:
     data: Dataset
-    holdout: torch.Tensor  # indices into data.train_x: the server's calibration set
+    calibration: torch.Tensor  # indices into data.train_x: the server's calibration set
+    validation: torch.Tensor  # indices into data.train_x: the server's validation set
     clients: list[torch.Tensor]  # indices into data.train_x, one tensor per client
 
     def label_histogram(self) -> np.ndarray:
@@ -52,9 +61,11 @@ class FederatedData:
 def federated_data(spec: DataSpec) -> FederatedData:
     data = load_dataset(spec.dataset, spec.root)
     holdout, rest = split_holdout(len(data.train_y), spec.holdout, spec.seed)
+    calibration, validation = split_validation(holdout, spec.validation, spec.seed)
     parts = partition_indices(data.train_y.numpy()[rest], spec.num_clients, spec.partition, spec.seed,
                               **dict(spec.partition_params))
-    return FederatedData(data, torch.from_numpy(holdout), [torch.from_numpy(rest[p]) for p in parts])
+    return FederatedData(data, torch.from_numpy(calibration), torch.from_numpy(validation),
+                         [torch.from_numpy(rest[p]) for p in parts])
 
 
 def build_quantized_model(spec: ModelSpec, data: Dataset, seed: int = 0) -> nn.Module:

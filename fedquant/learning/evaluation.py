@@ -1,15 +1,23 @@
 """Server-side test of the global model at every evaluation setting (plain PyTorch).
 
-For each setting: load the global state, switch the bit-widths, and in one pass over the
-server's calibration hold-out set the activation ranges (min-max or MSE) and, optionally,
-re-estimate BatchNorm statistics with the quantized weights; then measure test accuracy/loss.
-Float (``fp``) is evaluated as it is: the global model without calibration.
+The protocol (:class:`EvalProtocol`, stated in every results.json) for each setting:
+
+1. load the global state and switch the bit-widths (first/last layers at their pinned bits when
+   the model pins them);
+2. BatchNorm: one rule for every setting, float included: statistics re-estimated on the
+   calibration images at this setting (``reestimate_bn``), or the trained ones everywhere;
+3. quantized settings: weight ranges (``max`` or ``mse``), optionally AdaRound, activation
+   ranges on the calibration images (``minmax``, ``mse`` or ``percentile``), and with AdaRound
+   empirical bias correction followed by a second calibration pass;
+4. accuracy and loss on the validation images (where choices are made) and on the test set
+   (only reported).
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -18,21 +26,69 @@ from torch import nn
 from ..data import Dataset
 from ..federation.bitwidths import FLOAT, Setting, setting_name
 from ..federation.protocol import load_transport_state
-from ..quant import calibrate, quant_layers, set_bitwidth
+from ..quant import calibrate, quant_layers, reestimate_batchnorm, set_bitwidth, set_weight_ranges
+from ..quant.adaround import AdaRoundConfig, adaround
+from ..quant.bias_correction import correct_bias
+from ..quant.config import ACT_RANGES, WEIGHT_RANGES, check_choice
 from .batches import memory_format_for, to_input
+
+PTQ_METHODS = ("basic", "adaround")
+SCALE_BYTES = 4  # float32 scales
+
+
+def zero_point_bytes(bits: int) -> int:
+    """A zero-point is stored in the tensor's own integer container: 1 byte up to 8 bits, else 2."""
+    return 1 if bits <= 8 else 2
 
 
 def model_bytes(model: nn.Module, setting: Setting) -> int:
     """Deployed size: Conv/Linear weights at their bit-width (pinned layers at theirs), every
-    other parameter (biases, norm affine) at 32 bits; statistics and quantizer ranges excluded."""
+    other parameter (biases, norm affine) at 32 bits, and the quantization parameters: per
+    quantized weight channel a float32 scale and a zero-point, per quantized activation tensor a
+    float32 scale and a zero-point (:func:`zero_point_bytes`). Statistics are excluded."""
     bits_total = 0
     counted = set()
     for layer in quant_layers(model):
-        w = layer.effective_bits(*setting)[0]
+        w, a = layer.effective_bits(*setting)
         bits_total += layer.weight.numel() * (w or 32)
+        if w is not None:
+            bits_total += layer.weight_quantizer.clip.numel() * 8 * (SCALE_BYTES + zero_point_bytes(w))
+        if a is not None:
+            bits_total += 8 * (SCALE_BYTES + zero_point_bytes(a))
         counted.add(id(layer.weight))
     bits_total += sum(p.numel() * 32 for p in model.parameters() if id(p) not in counted)
     return math.ceil(bits_total / 8)
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """How the server turns the global model into a deployed model at each setting."""
+
+    weight_range: str = "max"  # max | mse
+    act_range: str = "minmax"  # minmax | mse | percentile
+    act_percentile: float = 99.99
+    reestimate_bn: bool = True  # for every setting, fp included
+    ptq: str = "basic"  # basic | adaround (AdaRound + empirical bias correction)
+    adaround_iterations: int = 500
+
+    def __post_init__(self) -> None:
+        check_choice(self.weight_range, WEIGHT_RANGES, "weight_range")
+        check_choice(self.act_range, ACT_RANGES, "act_range")
+        check_choice(self.ptq, PTQ_METHODS, "ptq")
+
+    def describe(self, model: nn.Module, calibration: int, validation: int) -> dict:
+        """The protocol as results.json states it."""
+        pinned = {layer.pinned_bits for layer in quant_layers(model) if layer.pinned}
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        bn = ("no BatchNorm in the model" if not has_bn else
+              "re-estimated on the calibration images for every setting, fp included" if self.reestimate_bn
+              else "trained statistics for every setting")
+        return {"first_last_bits": min(pinned) if pinned else None, "batchnorm": bn,
+                "weight_range": self.weight_range, "act_range": self.act_range
+                + (f" ({self.act_percentile:g}th)" if self.act_range == "percentile" else ""),
+                "ptq": self.ptq + (f" ({self.adaround_iterations} iterations per layer, bias correction)"
+                                   if self.ptq == "adaround" else ""),
+                "calibration_samples": calibration, "validation_samples": validation}
 
 
 @dataclass
@@ -42,9 +98,9 @@ class Evaluator:
     model: nn.Module
     data: Dataset
     calibration: torch.Tensor  # indices into data.train_x
+    validation: torch.Tensor  # indices into data.train_x
     settings: list[Setting]
-    estimator: str = "minmax"
-    reestimate_bn: bool = True
+    protocol: EvalProtocol = field(default_factory=EvalProtocol)
     batch_size: int = 256  # faster than larger batches on CPU here (cache); see docs/benchmarks.md
     device: torch.device | str = "cpu"
 
@@ -53,20 +109,64 @@ class Evaluator:
         self.model = self.model.to(self.device, memory_format=fmt)
         x = self.data.train_x[self.calibration]
         self._calib = [to_input(self.data, x[i:i + 256], self.device, fmt) for i in range(0, len(x), 256)]
+        self._float: nn.Module | None = None  # the float reference for bias correction
 
     def model_bytes(self) -> dict[str, int]:
         return {setting_name(s): model_bytes(self.model, s) for s in self.settings}
 
-    def __call__(self, state: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
-        results = {}
+    def describe(self) -> dict:
+        return self.protocol.describe(self.model, len(self.calibration), len(self.validation))
+
+    def deploy(self, state: dict[str, torch.Tensor], setting: Setting) -> nn.Module:
+        """The model as deployed at ``setting``: steps 1-3 of the module docstring."""
+        p = self.protocol
+        load_transport_state(self.model, state)
+        set_bitwidth(self.model, *setting)
+        if setting == FLOAT:
+            if p.reestimate_bn and self._calib:
+                reestimate_batchnorm(self.model, self._calib)
+            return self.model
+        set_weight_ranges(self.model, p.weight_range)
+        if p.ptq == "adaround":
+            self._adaround(state)
+            return self.model
+        self._calibrate()
+        return self.model
+
+    def _calibrate(self) -> None:
+        p = self.protocol
+        calibrate(self.model, self._calib, p.act_range, reestimate_bn=p.reestimate_bn, weight_range=None,
+                  percentile=p.act_percentile)
+
+    def _adaround(self, state: dict[str, torch.Tensor]) -> None:
+        adaround(self.model, self._calib, AdaRoundConfig(iterations=self.protocol.adaround_iterations))
+        self._calibrate()
+        correct_bias(self.model, self._float_reference(state), self._calib)
+        self._calibrate()  # the corrected biases move the ranges of the layers after them
+
+    def _float_reference(self, state: dict[str, torch.Tensor]) -> nn.Module:
+        if self._float is None:
+            self._float = copy.deepcopy(self.model)
+        load_transport_state(self._float, state)
+        set_bitwidth(self._float, None, None)
+        if self.protocol.reestimate_bn:
+            reestimate_batchnorm(self._float, self._calib)
+        return self._float
+
+    def __call__(self, state: dict[str, torch.Tensor]) -> dict[str, dict[str, dict[str, float]]]:
+        """``{"test": {setting: {accuracy, loss}}, "validation": {...}}`` (validation empty
+        without a validation split)."""
+        test, validation = {}, {}
         for setting in self.settings:
-            load_transport_state(self.model, state)
-            set_bitwidth(self.model, *setting)
-            if setting != FLOAT and self._calib:
-                calibrate(self.model, self._calib, self.estimator, reestimate_bn=self.reestimate_bn)
-            acc, loss = accuracy(self.model, self.data, self.data.test_x, self.data.test_y, self.batch_size, self.device)
-            results[setting_name(setting)] = {"accuracy": acc, "loss": loss}
-        return results
+            model = self.deploy(state, setting)
+            name = setting_name(setting)
+            if len(self.validation):
+                acc, loss = accuracy(model, self.data, self.data.train_x[self.validation],
+                                     self.data.train_y[self.validation], self.batch_size, self.device)
+                validation[name] = {"accuracy": acc, "loss": loss}
+            acc, loss = accuracy(model, self.data, self.data.test_x, self.data.test_y, self.batch_size, self.device)
+            test[name] = {"accuracy": acc, "loss": loss}
+        return {"test": test, "validation": validation}
 
 
 @torch.inference_mode()

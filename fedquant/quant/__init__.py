@@ -1,6 +1,6 @@
 """Fake quantization for quantization-robust training (plain PyTorch; no flwr/ray/hydra)."""
 
-from .calibration import calibrate, reestimate_batchnorm
+from .calibration import calibrate, reestimate_batchnorm, set_weight_ranges
 from .config import QuantConfig, check_bits
 from .modules import (
     QuantConv2d,
@@ -23,5 +23,5 @@ __all__ = [
     "ActivationQuantizer", "QuantConfig", "QuantConv2d", "QuantLinear", "WeightQuantizer",
     "act_grid", "asymmetric_qparams", "calibrate", "check_bits", "get_bitwidth",
     "gradient_l1_loss", "kurtosis", "kurtosis_loss", "quant_layers", "quantize_model",
-    "reestimate_batchnorm", "set_bitwidth", "weight_grid",
+    "reestimate_batchnorm", "set_bitwidth", "set_weight_ranges", "weight_grid",
 ]

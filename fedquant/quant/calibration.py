@@ -1,6 +1,11 @@
-"""Post-training range setting (min-max, MSE) and BatchNorm re-estimation.
+"""Post-training range setting and BatchNorm re-estimation, once per evaluated bit-width.
 
-These run once per evaluated bit-width, never per training step.
+Weights (symmetric, ``s = clip * max|w| / (2^(b-1) - 1)``): ``max`` takes ``clip = 1``; ``mse``
+picks per channel the clip in a 39-value grid (0.05 ... 1) minimising ``||w_hat - w||^2``.
+Activations (asymmetric ``[lo, hi]``, observed on calibration data): ``minmax`` takes the
+observed extremes; ``mse`` scales them by the fraction in the same grid that minimises the
+fake-quantization MSE on a sample; ``percentile`` takes the ``p``-th and ``(100-p)``-th
+percentiles of the sample (``p`` = 99.99 by default). Never run per training step.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
-from .config import ESTIMATORS, check_choice
+from .config import ACT_RANGES, WEIGHT_RANGES, check_choice
 from .modules import quant_layers
 from .quantizers import asymmetric_qparams, memory_order
 
@@ -35,6 +40,13 @@ class _RangeObserver:
         if self.keep_sample:
             flat = x.reshape(-1)
             self.samples.append(flat[:: max(1, flat.numel() // SAMPLE_PER_BATCH)].float())
+
+
+def _percentile_act_range(obs: _RangeObserver, percentile: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[q_(100-p), q_p]`` of the sampled values (the ``p``-th percentile and its mirror)."""
+    x = torch.cat(obs.samples)
+    q = torch.quantile(x, torch.tensor([1 - percentile / 100, percentile / 100], dtype=x.dtype))
+    return q[0], q[1]
 
 
 def _mse_act_range(obs: _RangeObserver, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,28 +98,41 @@ def _reestimating_batchnorm(model: nn.Module, enabled: bool = True) -> Iterator[
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], estimator: str = "minmax",
-              reestimate_bn: bool = False) -> nn.Module:
-    """Set activation ranges (and, for ``"mse"``, weight clipping) from data at the current bit-width.
+def set_weight_ranges(model: nn.Module, method: str = "max") -> nn.Module:
+    """Set every quantized layer's weight clip at its current bit-width: 1 (``max``) or the
+    per-channel MSE-optimal fraction (``mse``). Layers in float or with learned ranges keep theirs."""
+    check_choice(method, WEIGHT_RANGES, "weight_range")
+    for layer in quant_layers(model):
+        wq = layer.weight_quantizer
+        if wq.bits is not None and not wq.learned:
+            wq.set_clip(_mse_weight_clip(layer) if method == "mse" else torch.ones_like(wq.clip))
+    return model
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], act_range: str = "minmax",
+              reestimate_bn: bool = False, weight_range: str | None = "max", percentile: float = 99.99) -> nn.Module:
+    """Set weight ranges (:func:`set_weight_ranges`, skipped when ``weight_range`` is None) and
+    activation ranges from data at the current bit-width.
 
     Runs ``model`` in eval mode over ``batches`` (input tensors) with activation quantization
-    switched off while observing, so every quantizer sees float inputs from quantized weights.
-    ``"minmax"`` takes the observed range; ``"mse"`` picks the fraction of it (grid of 39 values)
-    that minimises the quantization MSE. With ``reestimate_bn`` the same single pass also
-    recomputes BatchNorm statistics as exact means over the batches (BN normalises each batch
-    with its own statistics meanwhile, as the re-estimated statistics will). Weights are never
-    changed. Returns ``model``.
+    switched off while observing, so every quantizer sees float inputs from quantized weights;
+    ``act_range`` is ``minmax``, ``mse`` or ``percentile`` (module docstring). With
+    ``reestimate_bn`` the same single pass also recomputes BatchNorm statistics as exact means
+    over the batches (BN normalises each batch with its own statistics meanwhile, as the
+    re-estimated statistics will). Weights are never changed. Returns ``model``.
     """
-    check_choice(estimator, ESTIMATORS, "estimator")
+    check_choice(act_range, ACT_RANGES, "act_range")
+    if not 50.0 < float(percentile) <= 100.0:
+        raise ValueError(f"percentile={percentile!r} is out of range: allowed is a number in (50, 100]")
     layers = list(quant_layers(model))
     if not layers:
         raise ValueError("model has no quantized layer: call fedquant.quant.quantize_model first")
+    if weight_range is not None:
+        set_weight_ranges(model, weight_range)
     observers = {}
     for layer in layers:
-        wq = layer.weight_quantizer
-        if wq.bits is not None and not wq.learned:
-            wq.set_clip(_mse_weight_clip(layer) if estimator == "mse" else torch.ones_like(wq.clip))
-        observers[layer] = _RangeObserver(keep_sample=estimator == "mse")
+        observers[layer] = _RangeObserver(keep_sample=act_range != "minmax")
         layer.input_quantizer.observe(observers[layer])
     try:
         with _reestimating_batchnorm(model, reestimate_bn):
@@ -119,8 +144,10 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], estimator: str 
             raise ValueError("calibrate got no batches: pass at least one input batch")
         for layer, obs in observers.items():
             aq = layer.input_quantizer
-            if estimator == "mse" and aq.bits is not None:
+            if act_range == "mse" and aq.bits is not None:
                 aq.set_range(*_mse_act_range(obs, aq.bits))
+            elif act_range == "percentile" and aq.bits is not None:
+                aq.set_range(*_percentile_act_range(obs, percentile))
             else:
                 aq.set_range(obs.lo, obs.hi)
     finally:

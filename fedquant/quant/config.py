@@ -8,7 +8,8 @@ from dataclasses import dataclass
 MIN_BITS, MAX_BITS = 2, 16
 GRANULARITIES = ("per_channel", "per_tensor")
 RANGE_TRACKING = ("running", "hindsight")
-ESTIMATORS = ("minmax", "mse")
+WEIGHT_RANGES = ("max", "mse")  # weight range at evaluation: max|w|, or the MSE-optimal clip of it
+ACT_RANGES = ("minmax", "mse", "percentile")  # activation range at calibration
 
 
 def check_bits(bits: object, what: str = "bits", allow_none: bool = True) -> int | None:

@@ -7,7 +7,11 @@ call here means a Flower upgrade touches this file only.
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import tempfile
 import warnings
+from pathlib import Path
 
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
@@ -27,6 +31,39 @@ class _KnownNoise(logging.Filter):
 REPLY_POLL_S = 0.005
 
 
+class RayUnreachable(RuntimeError):
+    """``simulation.ray_address`` names a Ray cluster that does not answer."""
+
+
+def resolve_ray_address(address: str) -> str:
+    """``auto`` as Ray resolves it: ``$RAY_ADDRESS``, else the address of the last cluster
+    started on this machine (``<tmp>/ray/ray_current_cluster``); a concrete address as given."""
+    if address != "auto":
+        return address
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    found = current.read_text().strip() if current.is_file() else ""
+    if not found:
+        raise RayUnreachable("simulation.ray_address=auto: no running Ray cluster found ($RAY_ADDRESS unset, no "
+                             f"{current}); start one with `ray start --head`, or use simulation.ray_address=null")
+    return found
+
+
+def check_ray_reachable(address: str, timeout_s: float) -> None:
+    """Fail within ``timeout_s`` with one line when nothing accepts connections at ``address``
+    (``host:port``, optionally ``ray://``): Ray itself would retry for minutes."""
+    resolved = resolve_ray_address(address)
+    host, _, port = resolved.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as err:
+        shown = address if resolved == address else f"{address} ({resolved})"
+        raise RayUnreachable(f"simulation.ray_address={shown}: no Ray cluster answers there within {timeout_s:g} s "
+                             f"({type(err).__name__}: {err}); start one with `ray start --head`, or use "
+                             "simulation.ray_address=null for a local instance") from None
+
+
 def poll_replies_often(grid) -> None:
     """Make the simulation's grid look for client replies every 5 ms instead of Flower's 0.1 s.
 
@@ -40,12 +77,16 @@ def poll_replies_often(grid) -> None:
 
 def run_flower_simulation(server_app: ServerApp, client_app: ClientApp, num_supernodes: int, *,
                           num_cpus_per_client: float, num_gpus_per_client: float,
-                          ray_address: str | None = None, verbose: bool = False) -> None:
+                          ray_address: str | None = None, ray_timeout_s: float = 30.0,
+                          verbose: bool = False) -> None:
     """Run ``server_app`` against ``num_supernodes`` virtual nodes executing ``client_app`` on Ray.
 
-    With ``ray_address`` (e.g. ``"auto"``) an existing Ray cluster is attached first (Flower only
-    starts Ray when it is not running). Ray is shut down afterwards, so sweeps start each job
-    clean. Exceptions raised in the ServerApp propagate.
+    ``ray_address=None``: Flower starts a fresh local Ray instance (``address="local"``; Ray's own
+    default would join the last cluster started on this machine, and hang for as long as one
+    waits if that cluster died). An address (``auto``, ``host:port``) is attached to first
+    (Flower only starts Ray when it is not running), failing within ``ray_timeout_s`` when
+    nothing answers there (:class:`RayUnreachable`). Ray is shut
+    down afterwards, so sweeps start each job clean. Exceptions raised in the ServerApp propagate.
     """
     import flwr.simulation
     import ray
@@ -59,10 +100,12 @@ def run_flower_simulation(server_app: ServerApp, client_app: ClientApp, num_supe
     # Ray's notice about a future default; we rely on today's (num_gpus=0 hides the GPUs).
     warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
     if ray_address:
+        check_ray_reachable(ray_address, ray_timeout_s)
         ray.init(address=ray_address, include_dashboard=False, log_to_driver=verbose)
     backend_config = {
         "client_resources": {"num_cpus": num_cpus_per_client, "num_gpus": num_gpus_per_client},
-        "init_args": {"include_dashboard": False, "log_to_driver": verbose,
+        # Flower's ray.init when Ray is not running yet: a fresh local instance, never the last one started
+        "init_args": {"address": "local", "include_dashboard": False, "log_to_driver": verbose,
                       "logging_level": logging.INFO if verbose else logging.ERROR},
     }
     try:

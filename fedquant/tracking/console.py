@@ -44,7 +44,7 @@ class ConsoleReporter:
         self.console.print(line, soft_wrap=True)
 
     def final_table(self, rounds: list[dict], settings: list[str], per_profile: dict, wall_time: float,
-                    output_dir: str) -> None:
+                    output_dir: str, protocol: dict | None = None) -> None:
         table = Table(title="Test accuracy of the global model per evaluation setting")
         table.add_column("round", justify="right")
         for s in settings:
@@ -55,4 +55,15 @@ class ConsoleReporter:
         self.console.print(table)
         for name, accs in per_profile.items():
             self.console.print(f"profile {name}: " + "  ".join(f"{k} {v:.4f}" for k, v in accs.items()))
+        if protocol:
+            self.console.print(protocol_line(protocol))
         self.console.print(f"wall time {wall_time:.1f} s; results in {output_dir}/results.json")
+
+
+def protocol_line(protocol: dict) -> str:
+    """One line stating how the server evaluated (results.json ``protocol``)."""
+    first_last = (f"first/last layers at {protocol['first_last_bits']} bits" if protocol["first_last_bits"]
+                  else "every layer at the setting's bits")
+    return (f"protocol: {first_last}; BatchNorm {protocol['batchnorm']}; weight ranges {protocol['weight_range']}, "
+            f"activation ranges {protocol['act_range']}; PTQ {protocol['ptq']}; "
+            f"{protocol['calibration_samples']} calibration / {protocol['validation_samples']} validation images")

@@ -6,6 +6,12 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+WANDB_ENV_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")  # what wandb accepts
+
+
+class WandbSetupError(RuntimeError):
+    """W&B cannot start with this environment or configuration; the message is one line."""
+
 
 class WandbLogger:
     """One W&B run per experiment: metrics per evaluated round, a final table and the plots.
@@ -18,19 +24,31 @@ class WandbLogger:
                  group: str | None, job_type: str, entity: str | None = None, tags: list | None = None) -> None:
         import wandb
 
+        env_mode = os.environ.get("WANDB_MODE")
+        if env_mode is not None and env_mode not in WANDB_ENV_MODES:
+            raise WandbSetupError(f"WANDB_MODE={env_mode!r} in the environment is not valid: allowed are "
+                                  f"{', '.join(WANDB_ENV_MODES)}; unset it or set logger.mode instead")
         self.mode = mode or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
         os.environ.setdefault("WANDB_SILENT", "true")
         self._wandb = wandb
-        self.run = wandb.init(project=project, entity=entity, group=group, job_type=job_type, tags=tags,
-                              config=dict(config), mode=self.mode, dir=str(output_dir),
-                              reinit="finish_previous")
+        try:
+            self.run = wandb.init(project=project, entity=entity, group=group, job_type=job_type, tags=tags,
+                                  config=dict(config), mode=self.mode, dir=str(output_dir),
+                                  reinit="finish_previous")
+        except Exception as err:  # noqa: BLE001 - wandb raises many types (pydantic, usage, network)
+            first = next((line for line in str(err).splitlines() if line.strip()), "")
+            raise WandbSetupError(f"W&B could not start a {self.mode} run ({type(err).__name__}: {first[:200]}); "
+                                  "check the WANDB_* environment variables and logger.*, or use logger=none") from None
 
     def log_round(self, server_round: int, evals: dict | None, train: dict | None,
                   per_profile: dict[str, dict[str, float]] | None = None) -> None:
+        """``evals``: ``{"test": {setting: metrics}, "validation": {...}}`` -> ``eval/<setting>/<metric>``
+        (test) and ``val/<setting>/<metric>``."""
         data: dict[str, float] = {}
-        for setting, metrics in (evals or {}).items():
-            for name, value in metrics.items():
-                data[f"eval/{setting}/{name}"] = value
+        for split, prefix in (("test", "eval"), ("validation", "val")):
+            for setting, metrics in (evals or {}).get(split, {}).items():
+                for name, value in metrics.items():
+                    data[f"{prefix}/{setting}/{name}"] = value
         if train:
             if train.get("loss") is not None:
                 data["train/loss"] = train["loss"]
