@@ -13,7 +13,7 @@ def readme_commands() -> list[str]:
 def test_readme_opens_with_run_and_test_commands_and_ci_runs_the_test_command():
     run, test = readme_commands()[:2]
     assert run.endswith("python -m fedquant") and "pip install torch==2.13.0 &&" in run
-    assert test.endswith("python -m pytest") and 'pip install -e ".[test]"' in test
+    assert test.endswith("python -m pytest") and 'pip install -e ".[test,export]"' in test
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test in ci_lines
 

@@ -1,0 +1,233 @@
+"""``python -m fedquant.export <run dir or checkpoint> [--settings ...] [--out DIR]``: the global
+model of a run, calibrated exactly as the server evaluates it, as ONNX QDQ files with encodings.
+
+For each setting the run's evaluator is rebuilt from the checkpoint's config (same hold-out,
+weight and activation ranges, BatchNorm rule, PTQ method) and ``Evaluator.deploy`` produces the
+model the server tests; it is written as ``<setting>.onnx`` and ``<setting>.encodings.json``
+(:mod:`fedquant.deploy.onnx_export`, :mod:`fedquant.deploy.encodings`). Default settings: the
+run's ``eval.settings`` plus ``fp``, in ``--out`` (default ``<run dir>/export``), and for every
+device profile of the run (``strategy.profiles``) a subfolder ``<profile name>/`` with that
+profile's settings. ``--settings`` exports exactly the settings given (no profile folders); a
+setting the run never evaluated is allowed (it is calibrated the same way; there is just no
+reported accuracy to compare with), a malformed one is an error. Every file is checked with
+onnxruntime on 256 test images against the simulated model (the largest logit difference is
+printed); ``--check`` also compares the test accuracy.
+
+Errors (missing extra, no checkpoint, bad setting, a run without calibration images, an
+unwritable folder) are one ``error: ...`` line and exit status 2. Every model is built and
+checked before the first file is written, and each file is written atomically (temporary file,
+then rename), so a failure leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import re
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..data import DatasetError
+from ..experiment.specs import build_evaluator, experiment_specs
+from ..experiment.workspace import build_quantized_model, federated_data
+from ..federation.bitwidths import FLOAT, Setting, parse_settings, setting_name
+from ..federation.profiles import profiles_from_config
+from ..learning.evaluation import Evaluator, accuracy, model_bytes
+from ..runtime.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from ..tracking.files import atomic_write
+from ..tracking.results import write_json
+
+EXTRA = 'pip install -e ".[export]"'
+CHECK_IMAGES = 256
+
+
+class ExportError(RuntimeError):
+    """A problem the user can fix; ``str()`` is the one line shown."""
+
+
+@dataclass
+class Artifact:
+    """One exported setting, in memory until every setting has been built."""
+
+    setting: Setting
+    onnx: bytes
+    encodings: dict
+    model_bytes: int
+    logit_diff: float
+    accuracy: dict[str, float]  # with --check: simulated, onnxruntime exact and default
+
+
+def missing_extra() -> str | None:
+    """The first of onnx/onnxruntime that cannot be imported, else None."""
+    for module in ("onnx", "onnxruntime"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return module
+    return None
+
+
+def find_checkpoint(target: Path) -> Path:
+    """``target`` itself (a checkpoint file) or the newest checkpoint of a run directory."""
+    if target.is_file():
+        return target
+    if not target.is_dir():
+        raise ExportError(f"{target}: no such run directory or checkpoint file")
+    found = list_checkpoints(target)
+    if not found:
+        raise ExportError(f"{target}: no checkpoint_r*.pt in this run directory (was checkpoint.every=0?); "
+                          "pass a run directory with a checkpoint or a checkpoint file")
+    return found[-1]
+
+
+def plan_settings(cfg: dict, names: list[str] | None) -> dict[str, list[Setting]]:
+    """Folder (``""`` = the output folder, else a profile's name) -> settings to export there."""
+    if names is not None:
+        return {"": parse_settings(names, "--settings")}
+    evaluated = parse_settings(cfg["eval"]["settings"], "eval.settings")
+    plan = {"": ([] if FLOAT in evaluated else [FLOAT]) + evaluated}
+    for profile in profiles_from_config(cfg["strategy"]["profiles"]):
+        folder = re.sub(r"[^A-Za-z0-9_.-]", "_", profile.name)
+        if folder in ("", ".", ".."):
+            raise ExportError(f"profile name {profile.name!r} cannot be a folder name")
+        plan[folder] = profile.settings
+    return plan
+
+
+def check_calibration(cfg: dict, settings: list[Setting]) -> None:
+    """A quantized setting needs calibration images: the hold-out minus the validation split."""
+    images = int(cfg["dataset"]["holdout"]) - int(cfg["dataset"]["validation"])
+    quantized = [setting_name(s) for s in settings if s != FLOAT]
+    if quantized and images <= 0:
+        raise ExportError(f"cannot calibrate {', '.join(quantized)}: the run has no calibration images "
+                          f"(dataset.holdout={cfg['dataset']['holdout']}, dataset.validation="
+                          f"{cfg['dataset']['validation']}); only fp can be exported")
+
+
+def check_writable(out: Path) -> None:
+    """Create ``out`` and prove a file can be written there (then removed)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".probe-"):
+            pass
+    except OSError as err:
+        raise ExportError(f"--out {out}: cannot write there ({err.strerror or err})") from None
+
+
+def build_artifact(evaluator: Evaluator, state: dict, setting: Setting, fold_batchnorm: bool, int4: bool,
+                   full_check: bool) -> Artifact:
+    """Deploy ``setting`` as the server does, export it and check it with onnxruntime."""
+    from .check import logits, onnx_accuracy, session
+    from .onnx_export import export_model
+
+    name = setting_name(setting)
+    try:
+        model = evaluator.deploy(state, setting)
+    except ValueError as err:
+        raise ExportError(f"cannot calibrate {name}: {err}") from None
+    data = evaluator.data
+    exported = export_model(model, data.image_shape, name, fold_batchnorm=fold_batchnorm, int4=int4)
+    blob = exported.to_bytes()
+    exact = session(blob, exact=True)
+    x = data.normalize(data.test_x[:CHECK_IMAGES])
+    with torch.inference_mode():
+        reference = model(x).numpy()
+    diff = float(abs(logits(exact, x) - reference).max())
+    scores = {}
+    if full_check:
+        scores["simulated"] = accuracy(model, data, data.test_x, data.test_y, evaluator.batch_size)[0]
+        scores["onnxruntime"] = onnx_accuracy(exact, data, data.test_x, data.test_y)[0]
+        scores["onnxruntime_default"] = onnx_accuracy(session(blob, exact=False), data, data.test_x, data.test_y)[0]
+    return Artifact(setting, blob, exported.encodings, model_bytes(model, setting), diff, scores)
+
+
+def export_run(target: Path, out: Path | None = None, names: list[str] | None = None, fold_batchnorm: bool = True,
+               int4: bool = True, full_check: bool = False, log=print) -> list[Path]:
+    """Export a run's global model (module docstring); returns the files written."""
+    checkpoint = find_checkpoint(target)
+    try:
+        payload = load_checkpoint(checkpoint)
+    except CheckpointError as err:
+        raise ExportError(str(err)) from None
+    cfg = payload.get("config")
+    if not isinstance(cfg, dict):
+        raise ExportError(f"{checkpoint}: the checkpoint holds no run config; export needs one written by fedquant")
+    try:
+        plan = plan_settings(cfg, names)
+    except ValueError as err:
+        raise ExportError(str(err)) from None
+    settings = list(dict.fromkeys(s for folder in plan.values() for s in folder))
+    check_calibration(cfg, settings)
+    out = out if out is not None else checkpoint.parent / "export"
+    check_writable(out)
+    evaluated = parse_settings(cfg["eval"]["settings"], "eval.settings")
+    data_spec, model_spec = experiment_specs(cfg)
+    try:
+        fed = federated_data(data_spec)
+    except DatasetError as err:
+        raise ExportError(str(err)) from None
+    evaluator = build_evaluator(cfg, build_quantized_model(model_spec, fed.data, seed=cfg["seed"]), fed, settings)
+    log(f"{checkpoint} (round {payload.get('round')}): {cfg['model']['name']} on {cfg['dataset']['name']}, "
+        f"{len(fed.calibration)} calibration images; exporting {', '.join(map(setting_name, settings))}")
+    artifacts = {}
+    for setting in settings:
+        try:
+            artifacts[setting] = build_artifact(evaluator, payload["arrays"], setting, fold_batchnorm, int4, full_check)
+        except ValueError as err:  # an unsupported op or a state that does not match the model
+            raise ExportError(f"{setting_name(setting)}: {err}") from None
+        a = artifacts[setting]
+        note = "" if setting in evaluated or setting == FLOAT else " (not in the run's eval.settings)"
+        scores = " ".join(f"{k} {100 * v:.2f}" for k, v in a.accuracy.items())
+        log(f"  {setting_name(setting):>8}  {len(a.onnx):>10,} bytes on disk  model_bytes {a.model_bytes:>10,}  "
+            f"max |logit diff| {a.logit_diff:.2e}{'  test accuracy: ' + scores if scores else ''}{note}")
+    written = []
+    try:
+        for folder, folder_settings in plan.items():
+            target_dir = out / folder
+            target_dir.mkdir(parents=True, exist_ok=True)
+            for setting in folder_settings:
+                a, stem = artifacts[setting], setting_name(setting)
+                written.append(atomic_write(target_dir / f"{stem}.onnx", lambda tmp, blob=a.onnx: tmp.write_bytes(blob)))
+                write_json(target_dir / f"{stem}.encodings.json", a.encodings)
+                written.append(target_dir / f"{stem}.encodings.json")
+    except OSError as err:
+        raise ExportError(f"--out {out}: writing failed ({err.strerror or err}); {len(written)} complete files "
+                          "were written before") from None
+    log(f"wrote {len(written)} files to {out}")
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m fedquant.export",
+        description="Export a run's global model, calibrated exactly as the server evaluates it, as ONNX "
+                    "(QuantizeLinear/DequantizeLinear) files with AIMET-style encodings, one per setting.")
+    parser.add_argument("run", type=Path, help="a run directory (its newest checkpoint) or a checkpoint file")
+    parser.add_argument("--settings", nargs="+", default=None,
+                        help="settings to export, e.g. fp w8a8 w4a4 (default: the run's eval.settings plus fp, "
+                             "and every device profile's settings in a subfolder)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <run dir>/export)")
+    parser.add_argument("--no-fold-bn", action="store_true",
+                        help="keep BatchNorm as a float op after its conv instead of folding it into the "
+                             "weights' dequantization scale and the bias")
+    parser.add_argument("--no-int4", action="store_true", help="store 2..4-bit weights as INT8, not INT4")
+    parser.add_argument("--check", action="store_true",
+                        help="also compare the test accuracy of every file with the simulated model's")
+    args = parser.parse_args(argv)
+    missing = missing_extra()
+    if missing:
+        print(f"error: {missing} is not installed (the export needs onnx and onnxruntime): {EXTRA}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        export_run(args.run, args.out, args.settings, not args.no_fold_bn, not args.no_int4, args.check)
+    except ExportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
