@@ -1,4 +1,4 @@
-"""Cost of the strong post-training baseline: AdaRound + bias correction against basic PTQ, per
+"""Cost of the strong post-training baseline: AdaRound against basic PTQ (round to nearest), per
 evaluated setting, beside one float test evaluation (same model, same calibration images).
 
 Each setting is deployed (ranges, AdaRound, calibration) in turn with ``ptq=basic`` and
@@ -37,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
     allocator = apply_allocator_option(args)
     torch.set_num_threads(args.threads)
-    cfg = make_config("dataset=digits" if args.tiny else "dataset=fmnist", "dataset.validation=0",
+    cfg = make_config("dataset=digits" if args.tiny else "dataset=fmnist",
                       f"eval.adaround_iterations={args.iterations}")
     data_spec, model_spec = experiment_specs(cfg)
     fed = federated_data(data_spec)

@@ -48,10 +48,32 @@ def _model(setup: ClientSetup) -> torch.nn.Module:
     return build_quantized_model(setup.model, fed.data).to(select_device(setup.device))
 
 
-def handle_train(setup: ClientSetup, msg: Message, node_index: int = -1) -> Message:
+def node_partition(node_config, num_clients: int) -> int:
+    """Deployment: the data partition this node holds, from its node config
+    (``flower-supernode --node-config "partition-id=K num-partitions=N"``, N = ``num_clients``)."""
+    if "partition-id" not in node_config:
+        raise RuntimeError('this node has no partition-id: start it with --node-config "partition-id=K '
+                           f'num-partitions={num_clients}"')
+    partition, total = int(node_config["partition-id"]), int(node_config.get("num-partitions", num_clients))
+    if total != num_clients or not 0 <= partition < num_clients:
+        raise RuntimeError(f"node config partition-id={partition} num-partitions={total} does not fit "
+                           f"num_clients={num_clients}: allowed is partition-id in 0..{num_clients - 1}")
+    return partition
+
+
+def handle_query(partition: int, msg: Message) -> Message:
+    """Tell the server which data partition this node holds."""
+    return Message(RecordDict({P.METRICS: MetricRecord({P.PARTITION: partition})}), reply_to=msg)
+
+
+def handle_train(setup: ClientSetup, msg: Message, node_index: int = -1, own_partition: int | None = None) -> Message:
+    """Local training of the partition the message names (in deployment, ``own_partition``: the
+    one this node holds, which the message must name)."""
     cfg = msg.content.config_records[P.CONFIG]
     fed = federated_data(setup.data)
     client, seed = int(cfg[P.PARTITION]), int(cfg[P.SEED])
+    if own_partition is not None and client != own_partition:
+        raise RuntimeError(f"client {client}: sent to the node that holds partition {own_partition}")
     if cfg.get(P.INJECT_FAILURE, False):
         raise InjectedFailure(f"client {client}: injected failure (faults.client_failure_rate)")
     model = _model(setup)

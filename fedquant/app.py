@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from clients import ClientSetup, make_client_app
-from strategies import build_strategy, server_options
+from strategies import build_strategy, discover_partitions, server_options
 
 from .data import DatasetError
 from .experiment.config import ConfigError, validate
@@ -62,99 +62,130 @@ def _make_logger(cfg: Mapping, output_dir: Path, group: str | None):
                        entity=log.get("entity"), tags=list(log.get("tags") or []))
 
 
-def _server_app(strategy, initial_state: dict, num_rounds: int, offset: int, train_config: ConfigRecord,
-                after_round: AfterRound) -> ServerApp:
-    """A ServerApp that runs ``strategy`` for the rounds after ``offset`` and hands the global
-    model to ``after_round`` after each (Flower's ``evaluate_fn``)."""
+def client_setup(cfg: Mapping) -> ClientSetup:
+    """What every ClientApp process rebuilds the experiment from (picklable)."""
+    data_spec, model_spec = experiment_specs(cfg)
+    sim = cfg["simulation"]
+    return ClientSetup(data_spec, model_spec, threads=max(1, int(sim["num_cpus_per_client"])), device=sim["device"],
+                       retain_freed_memory=sim["retain_freed_memory"])
 
-    def evaluate_fn(flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        evaluation = after_round(flower_round + offset, arrays.to_torch_state_dict())
-        if evaluation is None:
-            return None
-        return MetricRecord({f"{split}/{k}/{m}": v[m] for split, evals in evaluation.items()
-                             for k, v in evals.items() for m in ("accuracy", "loss")})
 
-    app = ServerApp()
+class Experiment:
+    """One experiment, built from a checked config before any Flower engine starts.
 
-    @app.main()
-    def _main(grid: Grid, context: Context) -> None:  # noqa: ARG001 - Flower's signature
+    :meth:`serve` runs its rounds on whatever Flower ``Grid`` it is given (fedquant's own
+    simulation adapter, or the ServerApp of ``flwr run``); :meth:`finish` writes results.json,
+    metrics.csv and the plots; :meth:`close` ends W&B logging either way. With ``resume=true``
+    (the newest checkpoint under ``runs_root``, Hydra's output root) or ``resume_from=<checkpoint
+    or run dir>`` it continues that run exactly where it stopped.
+    """
+
+    def __init__(self, cfg: Mapping, output_dir: str | Path, group: str | None = None,
+                 runs_root: Path | None = None) -> None:
+        started = time.perf_counter()
+        check_config(cfg)
+        strat, sim = cfg["strategy"], cfg["simulation"]
+        if sim["retain_freed_memory"]:
+            retain_freed_memory()
+        self.cfg, self.output_dir = cfg, Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.resumed = load_resume(cfg, self.output_dir, runs_root)
+        data_spec, model_spec = experiment_specs(cfg)
+        self.fed = _load_federated_data(data_spec)
+        self.plan = training_plan(cfg)
+        self.settings = evaluation_settings(cfg)
+        model = build_quantized_model(model_spec, self.fed.data, seed=cfg["seed"])
+        self.evaluator = build_evaluator(cfg, copy.deepcopy(model), self.fed, self.settings, select_device(sim["device"]))
+        self.history = RunHistory.from_checkpoint(self.resumed) if self.resumed else RunHistory()
+        self.strategy = build_strategy(strat["server"], self.plan, min_replies=strat["min_replies"],
+                                       on_too_few=strat["on_too_few_replies"], max_retries=strat["max_retries"],
+                                       client_work=[len(c) for c in self.fed.clients],
+                                       on_report=self.history.record_train, **strat["server_options"])
+        self.offset, self.initial_state = 0, transport_state(model)
+        if self.resumed:
+            self.offset, self.initial_state = self.resumed["round"], self.resumed["arrays"]
+            self.strategy.resume_at(self.offset, self.resumed["server_state"])
+            print(f"resuming {self.resumed['path']} after round {self.offset}")
+        self.logger = _make_logger(cfg, self.output_dir, group)
+        self.reporter = ConsoleReporter(cfg["num_rounds"], quiet=cfg.get("quiet", False))
+        schedule = Schedule(cfg["num_rounds"], cfg["eval"]["every"], cfg["eval"].get("initial", True),
+                            cfg["checkpoint"]["every"])
+        self.after_round = AfterRound(self.history, self.evaluator, schedule, self.reporter, self.plan.profiles,
+                                      self._save, self.logger, resumed_round=self.offset if self.resumed else None,
+                                      started=started)
+        self.results: dict | None = None
+        self._plots = None
+
+    def _save(self, server_round: int, state: dict) -> None:
+        save_checkpoint(self.output_dir, server_round,
+                        {"arrays": state, "server_state": self.strategy.server_state(),
+                         **self.history.checkpoint_payload(), "config": self.cfg},
+                        keep=self.cfg["checkpoint"]["keep"])
+
+    def serve(self, grid: Grid, data_on_nodes: bool = False) -> None:
+        """Run the remaining rounds on ``grid``: Flower's strategy loop, ``AfterRound`` as its
+        ``evaluate_fn``. ``data_on_nodes`` (deployment): each node holds one client partition,
+        found out first (``strategies.discover_partitions``); otherwise the plan's partitions are
+        dealt out over the nodes (simulation)."""
+        if data_on_nodes:
+            self.strategy.assign_nodes(discover_partitions(grid, self.cfg["num_clients"]))
+
+        def evaluate_fn(flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            evaluation = self.after_round(flower_round + self.offset, arrays.to_torch_state_dict())
+            if evaluation is None:
+                return None
+            return MetricRecord({f"{split}/{k}/{m}": v[m] for split, evals in evaluation.items()
+                                 for k, v in evals.items() for m in ("accuracy", "loss")})
+
         poll_replies_often(grid)
-        strategy.start(grid=grid, initial_arrays=ArrayRecord(initial_state), num_rounds=num_rounds - offset,
-                       train_config=train_config, evaluate_fn=evaluate_fn)
+        self.strategy.start(grid=grid, initial_arrays=ArrayRecord(self.initial_state),
+                            num_rounds=self.cfg["num_rounds"] - self.offset,
+                            train_config=ConfigRecord(train_record(self.cfg["client"])), evaluate_fn=evaluate_fn)
 
-    return app
+    def finish(self, wall_time: float) -> dict:
+        """results.json, metrics.csv, the plots and the final table; returns the results."""
+        fed, results = self.fed, self.history.results(self.cfg, self.plan.profiles, self.evaluator.model_bytes(),
+                                                      wall_time, self.evaluator.describe())
+        results["partition"] = {"sizes": [len(c) for c in fed.clients], "calibration": len(fed.calibration),
+                                "validation": len(fed.validation)}
+        if self.resumed:
+            results["resumed_from"] = {"checkpoint": self.resumed["path"], "round": self.resumed["round"]}
+        results["timing"] = self.history.timing()
+        self._plots = write_outputs(results, self.output_dir, fed.label_histogram())
+        self.results = results
+        self.reporter.final_table(results["rounds"], [setting_name(s) for s in self.settings],
+                                  results["per_profile"], wall_time, str(self.output_dir), results["protocol"])
+        return results
+
+    def close(self) -> None:
+        """End W&B logging (as failed unless :meth:`finish` ran)."""
+        if self.logger is not None:
+            self.logger.finish(self.results, self._plots, failed=self.results is None)
 
 
 def run_experiment(cfg: Mapping, output_dir: str | Path, group: str | None = None,
                    runs_root: Path | None = None) -> dict:
-    """Run one federated experiment described by ``cfg`` (a plain mapping); write results.json,
-    metrics.csv and plots to ``output_dir``; log to W&B when ``logger.name=wandb``.
+    """Run one federated experiment described by ``cfg`` (a plain mapping) on fedquant's Flower
+    simulation adapter (Ray); write results.json, metrics.csv and plots to ``output_dir``; log to
+    W&B when ``logger.name=wandb``. Resumes as :class:`Experiment` says."""
+    experiment = Experiment(cfg, output_dir, group, runs_root)
+    server_app = ServerApp()
 
-    With ``resume=true`` (the newest checkpoint under ``runs_root``, Hydra's output root) or
-    ``resume_from=<checkpoint or run dir>`` it continues that run exactly where it stopped.
-    """
-    started = time.perf_counter()
-    check_config(cfg)
-    strat, sim = cfg["strategy"], cfg["simulation"]
-    if sim["retain_freed_memory"]:
-        retain_freed_memory()
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    resumed = load_resume(cfg, output_dir, runs_root)
-    data_spec, model_spec = experiment_specs(cfg)
-    fed = _load_federated_data(data_spec)
-    plan = training_plan(cfg)
-    settings = evaluation_settings(cfg)
-    model = build_quantized_model(model_spec, fed.data, seed=cfg["seed"])
-    evaluator = build_evaluator(cfg, copy.deepcopy(model), fed, settings, select_device(sim["device"]))
-    history = RunHistory.from_checkpoint(resumed) if resumed else RunHistory()
-    strategy = build_strategy(strat["server"], plan, min_replies=strat["min_replies"],
-                              on_too_few=strat["on_too_few_replies"], max_retries=strat["max_retries"],
-                              client_work=[len(c) for c in fed.clients], on_report=history.record_train,
-                              **strat["server_options"])
-    offset, initial_state = 0, transport_state(model)
-    if resumed:
-        offset, initial_state = resumed["round"], resumed["arrays"]
-        strategy.resume_at(offset, resumed["server_state"])
-        print(f"resuming {resumed['path']} after round {offset}")
-    logger = _make_logger(cfg, output_dir, group)
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:  # noqa: ARG001 - Flower's signature
+        experiment.serve(grid)
 
-    def save(server_round: int, state: dict) -> None:
-        save_checkpoint(output_dir, server_round, {"arrays": state, "server_state": strategy.server_state(),
-                                                   **history.checkpoint_payload(), "config": cfg},
-                        keep=cfg["checkpoint"]["keep"])
-
-    reporter = ConsoleReporter(cfg["num_rounds"], quiet=cfg.get("quiet", False))
-    schedule = Schedule(cfg["num_rounds"], cfg["eval"]["every"], cfg["eval"].get("initial", True),
-                        cfg["checkpoint"]["every"])
-    after_round = AfterRound(history, evaluator, schedule, reporter, plan.profiles, save, logger,
-                             resumed_round=offset if resumed else None, started=started)
-    server_app = _server_app(strategy, initial_state, cfg["num_rounds"], offset, ConfigRecord(train_record(cfg["client"])),
-                             after_round)
-    client_app = make_client_app(ClientSetup(data_spec, model_spec, threads=max(1, int(sim["num_cpus_per_client"])),
-                                             device=sim["device"], retain_freed_memory=sim["retain_freed_memory"]))
+    sim = cfg["simulation"]
     start = time.perf_counter()
-    results = plots = None
     try:
-        run_flower_simulation(server_app, client_app, cfg["clients_per_round"],
+        run_flower_simulation(server_app, make_client_app(client_setup(cfg)), cfg["clients_per_round"],
                               num_cpus_per_client=sim["num_cpus_per_client"],
                               num_gpus_per_client=sim["num_gpus_per_client"],
                               ray_address=sim["ray_address"], ray_timeout_s=sim["ray_timeout_s"],
                               verbose=sim["verbose"])
-        wall_time = time.perf_counter() - start
-        results = history.results(cfg, plan.profiles, evaluator.model_bytes(), wall_time, evaluator.describe())
-        results["partition"] = {"sizes": [len(c) for c in fed.clients], "calibration": len(fed.calibration),
-                                "validation": len(fed.validation)}
-        if resumed:
-            results["resumed_from"] = {"checkpoint": resumed["path"], "round": resumed["round"]}
-        results["timing"] = history.timing()
-        plots = write_outputs(results, output_dir, fed.label_histogram())
+        return experiment.finish(time.perf_counter() - start)
     finally:
-        if logger is not None:
-            logger.finish(results, plots, failed=results is None)
-    reporter.final_table(results["rounds"], [setting_name(s) for s in settings], results["per_profile"],
-                         wall_time, str(output_dir), results["protocol"])
-    return results
+        experiment.close()
 
 
-__all__ = ["check_config", "run_experiment"]
+__all__ = ["Experiment", "check_config", "client_setup", "run_experiment"]

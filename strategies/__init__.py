@@ -1,7 +1,9 @@
 """Flower strategies for quantization-robust federated learning."""
 
+from .discovery import PartitionsMissing, discover_partitions
 from .faults import DivergenceError, TooFewReplies
 from .quant_aware import QuantAwareMixin
 from .registry import SERVERS, build_strategy, server_options
 
-__all__ = ["SERVERS", "DivergenceError", "QuantAwareMixin", "TooFewReplies", "build_strategy", "server_options"]
+__all__ = ["SERVERS", "DivergenceError", "PartitionsMissing", "QuantAwareMixin", "TooFewReplies", "build_strategy",
+           "discover_partitions", "server_options"]

@@ -34,12 +34,12 @@ from .server_state import export_server_state, import_server_state
 ReportSink = Callable[[int, RoundReport], None]
 
 
-def flower_settings(clients_per_round: int) -> dict:
-    """The Flower strategy arguments the mixin fixes: every sampled node trains (the plan picks
-    the partitions), the server evaluates itself, replies are weighted by example count, and the
-    round's train metrics come from its :class:`RoundReport` (Flower's averaging is skipped)."""
-    n = clients_per_round
-    return {"fraction_train": 1.0, "fraction_evaluate": 0.0, "min_train_nodes": n, "min_available_nodes": n,
+def flower_settings() -> dict:
+    """The Flower strategy arguments the mixin fixes: every connected node is asked for (at least
+    one must be), the plan picks the client partitions and deals them out over those nodes, the
+    server evaluates itself, replies are weighted by example count, and the round's train metrics
+    come from its :class:`RoundReport` (Flower's averaging is skipped)."""
+    return {"fraction_train": 1.0, "fraction_evaluate": 0.0, "min_train_nodes": 1, "min_available_nodes": 1,
             "weighted_by_key": P.NUM_EXAMPLES, "arrayrecord_key": P.ARRAYS, "configrecord_key": P.CONFIG,
             "train_metrics_aggr_fn": _no_metrics}
 
@@ -56,7 +56,7 @@ class RoundInFlight:
     arrays: ArrayRecord
     config: ConfigRecord
     grid: object | None  # Flower's Grid; None when aggregate_train is called without one
-    node_client: dict[int, int] = field(default_factory=dict)  # node id -> client partition
+    node_clients: dict[int, list[int]] = field(default_factory=dict)  # node id -> the clients sent to it
 
 
 class QuantAwareMixin:
@@ -69,7 +69,7 @@ class QuantAwareMixin:
         level = flwr_logger.level
         flwr_logger.setLevel(logging.ERROR)  # silence "fraction_evaluate is 0": the server evaluates
         try:
-            super().__init__(**flower_settings(plan.clients_per_round), **kwargs)
+            super().__init__(**flower_settings(), **kwargs)
         finally:
             flwr_logger.setLevel(level)
         self.plan = plan
@@ -80,6 +80,7 @@ class QuantAwareMixin:
         self.client_work = client_work  # e.g. examples per client: the largest jobs are sent first
         self.on_report = on_report
         self.round_offset = 0
+        self.node_of: dict[int, int] | None = None  # client partition -> node (deployment only)
         self.in_flight: RoundInFlight | None = None
         self._node_index: dict[int, int] = {}  # node id -> its index in the engine, from replies
 
@@ -101,7 +102,7 @@ class QuantAwareMixin:
         return self.node_messages(attempt=0)
 
     def dispatch_order(self, messages: list[Message], clients: list[int]) -> tuple[list[Message], list[int]]:
-        """Pair the largest clients with the nodes the engine serves first (longest job first).
+        """Nodes in the order the engine serves them, clients longest job first.
 
         Flower's simulation engine queues the round's messages in the order of its node indices
         and hands them to the workers as they free up; sending the longest local trainings first
@@ -115,28 +116,37 @@ class QuantAwareMixin:
             clients = sorted(clients, key=lambda c: (-self.client_work[c], c))
         return messages, clients
 
+    def assign_nodes(self, node_of: dict[int, int]) -> None:
+        """Deployment: client partition ``c`` lives on node ``node_of[c]`` (its own data), so its
+        messages go there instead of being dealt out (see :func:`discover_partitions`)."""
+        self.node_of = dict(node_of)
+
     def node_messages(self, attempt: int) -> list[Message]:
-        """One training Message per sampled node for the round in flight (a fresh sample per retry)."""
+        """One training Message per sampled client for the round in flight (a fresh sample per
+        retry). In simulation the clients are dealt out over the connected nodes in turn: with as
+        many nodes as clients per round (fedquant's own simulation) each node trains one client;
+        with fewer (e.g. ``flwr run``'s default federation) a node trains several, one after the
+        other. In deployment (:meth:`assign_nodes`) each goes to the node that holds its data."""
         job = self.in_flight
         r = job.server_round
         flower_messages = list(super().configure_train(r, job.arrays, job.config, job.grid))
-        messages, clients = self.dispatch_order(flower_messages, self.plan.sample_clients(r, attempt))
-        if len(messages) != len(clients):
-            raise RuntimeError(f"round {r}: {len(messages)} nodes for {len(clients)} sampled clients")
+        nodes, clients = self.dispatch_order(flower_messages, self.plan.sample_clients(r, attempt))
+        shared = nodes[0].content  # Flower's one record for every node: the arrays and train config
+        job.node_clients = {}
         out = []
-        for msg, client in zip(messages, clients, strict=True):
+        for i, client in enumerate(clients):
+            node = self.node_of[client] if self.node_of else nodes[i % len(nodes)].metadata.dst_node_id
             sampling, settings = self.plan.assignment(r, client)
             node_config = ConfigRecord({
-                **dict(msg.content.config_records[self.configrecord_key]),
+                **dict(shared.config_records[self.configrecord_key]),
                 P.PARTITION: client, P.SAMPLING: sampling, P.SETTINGS: settings,
                 P.SEED: self.plan.client_seed(r, client),
                 P.INJECT_FAILURE: self.plan.injects_failure(r, client, attempt),
                 P.INJECT_NAN: self.plan.injects_nan(r, client),
             })
-            content = RecordDict({self.arrayrecord_key: msg.content.array_records[self.arrayrecord_key],
+            content = RecordDict({self.arrayrecord_key: shared.array_records[self.arrayrecord_key],
                                   self.configrecord_key: node_config})
-            node = msg.metadata.dst_node_id
-            job.node_client[node] = client
+            job.node_clients.setdefault(node, []).append(client)
             out.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node))
         return out
 
@@ -163,16 +173,19 @@ class QuantAwareMixin:
 
     def successful_replies(self, replies: Iterable[Message], report: RoundReport) -> list[Message]:
         """The replies without an error; each failure is added to ``report`` by client id."""
-        node_client = self.in_flight.node_client
         good = []
         for reply in replies:
             if not reply.has_error():
                 good.append(reply)
                 continue
-            node = reply.metadata.src_node_id
-            who = f"client {node_client[node]}" if node in node_client else f"node {node}"
             reason = failure_reason(reply.error.reason)
-            report.failures.append(reason if reason.startswith(f"{who}:") else f"{who}: {reason}")
+            if not reason.startswith("client "):  # the ClientApp names its client; a lost node cannot
+                node = reply.metadata.src_node_id
+                clients = self.in_flight.node_clients.get(node, [])
+                who = f"client {clients[0]}" if len(clients) == 1 else \
+                    f"node {node}" + (f" (clients {', '.join(map(str, clients))})" if clients else "")
+                reason = f"{who}: {reason}"
+            report.failures.append(reason)
         return good
 
     def retry_until_enough(self, good: list[Message], report: RoundReport) -> list[Message]:

@@ -17,7 +17,7 @@ NOT_CONFIGURABLE = ("evaluate_metrics_aggr_fn",)  # a callable: nothing a config
 def server_options() -> dict[str, list[str]]:
     """For each server strategy, the constructor arguments ``strategy.server_options`` may set:
     Flower's own, minus those the mixin fixes (:func:`~strategies.quant_aware.flower_settings`)."""
-    fixed = set(flower_settings(1)) | set(NOT_CONFIGURABLE)
+    fixed = set(flower_settings()) | set(NOT_CONFIGURABLE)
     return {name: sorted(set(inspect.signature(cls.__init__).parameters) - {"self"} - fixed)
             for name, cls in SERVERS.items()}
 

@@ -127,3 +127,21 @@ def test_model_bytes_counts_scales_and_zero_points():
     expected = (78 * 4 + 9 * 32) / 8 + (6 + 3) * 5 + 2 * 5
     assert model_bytes(model, (4, 4)) == expected
     assert model_bytes(model, (12, 12)) == (78 * 12 + 9 * 32) / 8 + (6 + 3) * 6 + 2 * 6  # 2-byte zero-points
+
+
+def test_adaround_and_bias_correction_are_separate_protocol_choices():
+    """ptq=adaround learns the rounding; bias correction is its own switch (chosen on validation)."""
+    torch.manual_seed(0)
+    model = quantize_model(nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 10)),
+                           QuantConfig(None, None))
+    x = torch.randn(96, 1, 4, 4)
+    data = _Images(x)
+    state = transport_state(model)
+    results = {}
+    for ptq, bc in (("basic", False), ("basic", True), ("adaround", False)):
+        ev = Evaluator(copy.deepcopy(model), data, torch.arange(64), torch.arange(64, 96), [(2, 8)],
+                       EvalProtocol(ptq=ptq, bias_correction=bc, adaround_iterations=50))
+        results[(ptq, bc)] = ev(state)["test"]["w2a8"]["loss"]
+        assert ev.describe()["ptq"] == {("basic", False): "basic", ("basic", True): "basic + bias correction",
+                                        ("adaround", False): "adaround (50 iterations per layer)"}[(ptq, bc)]
+    assert len(set(results.values())) == 3  # each choice changes the deployed model

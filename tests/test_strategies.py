@@ -20,12 +20,12 @@ def setup_and_plan(cfg):
     return ClientSetup(data, model), training_plan(cfg)
 
 
-def run_inprocess(*overrides, server="fedavg", **server_options):
+def run_inprocess(*overrides, server="fedavg", nodes=None, **server_options):
     cfg = make_config(*TINY, *overrides)
     setup, plan = setup_and_plan(cfg)
     strategy = recording_strategy(server, plan, **server_options)
     model = build_quantized_model(setup.model, federated_data(setup.data).data, seed=cfg["seed"])
-    grid = InProcessGrid(setup, cfg["clients_per_round"])
+    grid = InProcessGrid(setup, nodes or cfg["clients_per_round"])
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(P.transport_state(model)),
                             num_rounds=cfg["num_rounds"], train_config=train_config(cfg))
     return result.arrays.to_torch_state_dict(), strategy, grid
@@ -140,3 +140,17 @@ def test_regularized_local_training_runs_and_changes_the_model(strategy, regular
     assert all(torch.isfinite(v).all() for v in reg.values())
     assert not all(torch.equal(plain[k], reg[k]) for k in plain)
     assert all(c.loss > 0 for r in s.reports.values() for c in r.clients)
+
+
+@pytest.mark.parametrize("nodes", [1, 2, 5])
+def test_any_number_of_nodes_trains_the_same_clients_to_the_same_model(nodes):
+    """The plan's clients are dealt out over however many nodes there are (flwr run's default
+    federation has 2): fewer nodes train several clients each, more nodes leave some idle."""
+    ref, ref_strategy, _ = run_inprocess("strategy.sampling=per_round")
+    state, strategy, grid = run_inprocess("strategy.sampling=per_round", nodes=nodes)
+    assert all(torch.equal(state[k], ref[k]) for k in ref)
+    assert without_seconds(strategy) == without_seconds(ref_strategy)
+    per_node = {}
+    for m in grid.sent:
+        per_node[m.metadata.dst_node_id] = per_node.get(m.metadata.dst_node_id, 0) + 1
+    assert len(per_node) == min(nodes, 3) and sum(per_node.values()) == 3 * 2  # 3 clients x 2 rounds

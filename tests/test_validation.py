@@ -47,6 +47,7 @@ BAD = [
     (["eval.act_range=percentile", "eval.act_percentile=50"], "eval.act_percentile=50 is not valid: allowed is a number > 50.0 and <= 100.0"),
     (["eval.ptq=gptq"], "eval.ptq='gptq' is not valid: allowed are basic, adaround"),
     (["eval.adaround_iterations=0"], "eval.adaround_iterations=0 is not valid: allowed is an integer >= 1"),
+    (["eval.bias_correction=maybe"], "eval.bias_correction='maybe' is not valid: allowed are true, false"),
     (["dataset.validation=500"], "dataset.validation=500 is not valid: allowed is at most dataset.holdout=384"),
     (["dataset.holdout=150"], "dataset.holdout=150 is too small: it leaves 22 calibration images after dataset.validation=128; "
                               "allowed is dataset.holdout >= dataset.validation + 32"),

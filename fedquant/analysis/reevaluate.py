@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--act-range", choices=ACT_RANGES, help="activation range (default: the run's)")
     parser.add_argument("--ptq", choices=PTQ_METHODS, help="post-training quantization (default: the run's)")
     parser.add_argument("--adaround-iterations", type=int, help="AdaRound iterations per layer")
+    parser.add_argument("--bias-correction", choices=("on", "off"), help="empirical bias correction (default: the run's)")
     parser.add_argument("--bn", choices=("reestimate", "keep"),
                         help="BatchNorm rule for every setting (default: the run's)")
     parser.add_argument("--settings", nargs="+", default=None,
@@ -121,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
                                  ("ptq", args.ptq), ("adaround_iterations", args.adaround_iterations)) if v is not None}
     if args.bn:
         options["reestimate_bn"] = args.bn == "reestimate"
+    if args.bias_correction:
+        options["bias_correction"] = args.bias_correction == "on"
     jobs = sorted(p.parent for p in args.sweep_dir.glob("*/results.json"))
     if not jobs:
         print(f"error: no */results.json under {args.sweep_dir}: pass the directory of a finished sweep", file=sys.stderr)

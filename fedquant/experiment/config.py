@@ -215,7 +215,7 @@ def validate(cfg: Mapping, servers: Mapping[str, Collection[str]]) -> None:
     _choice(cfg, "eval.ptq", PTQ_METHODS)
     _int(cfg, "eval.adaround_iterations", 1)
     check_holdout(cfg, quantized=any(s != FLOAT for s in settings) or bool(_get(cfg, "strategy.profiles")))
-    for key in ("eval.reestimate_bn", "eval.initial", "simulation.retain_freed_memory"):
+    for key in ("eval.reestimate_bn", "eval.bias_correction", "eval.initial", "simulation.retain_freed_memory"):
         if not isinstance(_need(cfg, key), bool):
             raise ConfigError(f"{key}={_get(cfg, key)!r} is not valid: allowed are true, false")
     _int(cfg, "eval.batch_size", 1)

@@ -50,7 +50,7 @@ def eval_protocol(cfg: Mapping, **overrides) -> EvalProtocol:
     e.g. ``ptq="adaround"`` for a re-evaluation)."""
     ev = {**cfg["eval"], **overrides}
     return EvalProtocol(ev["weight_range"], ev["act_range"], float(ev["act_percentile"]), ev["reestimate_bn"],
-                        ev["ptq"], int(ev["adaround_iterations"]))
+                        ev["ptq"], int(ev["adaround_iterations"]), bool(ev.get("bias_correction", False)))
 
 
 def build_evaluator(cfg: Mapping, model: nn.Module, fed: FederatedData, settings: list[Setting],

@@ -7,7 +7,7 @@ The protocol (:class:`EvalProtocol`, stated in every results.json) for each sett
 2. BatchNorm: one rule for every setting, float included: statistics re-estimated on the
    calibration images at this setting (``reestimate_bn``), or the trained ones everywhere;
 3. quantized settings: weight ranges (``max`` or ``mse``), optionally AdaRound, activation
-   ranges on the calibration images (``minmax``, ``mse`` or ``percentile``), and with AdaRound
+   ranges on the calibration images (``minmax``, ``mse`` or ``percentile``), and optionally
    empirical bias correction followed by a second calibration pass;
 4. accuracy and loss on the validation images (where choices are made) and on the test set
    (only reported).
@@ -68,8 +68,9 @@ class EvalProtocol:
     act_range: str = "minmax"  # minmax | mse | percentile
     act_percentile: float = 99.99
     reestimate_bn: bool = True  # for every setting, fp included
-    ptq: str = "basic"  # basic | adaround (AdaRound + empirical bias correction)
+    ptq: str = "basic"  # basic (round to nearest) | adaround
     adaround_iterations: int = 500
+    bias_correction: bool = False  # empirical bias correction (layers with a bias)
 
     def __post_init__(self) -> None:
         check_choice(self.weight_range, WEIGHT_RANGES, "weight_range")
@@ -86,8 +87,8 @@ class EvalProtocol:
         return {"first_last_bits": min(pinned) if pinned else None, "batchnorm": bn,
                 "weight_range": self.weight_range, "act_range": self.act_range
                 + (f" ({self.act_percentile:g}th)" if self.act_range == "percentile" else ""),
-                "ptq": self.ptq + (f" ({self.adaround_iterations} iterations per layer, bias correction)"
-                                   if self.ptq == "adaround" else ""),
+                "ptq": self.ptq + (f" ({self.adaround_iterations} iterations per layer)" if self.ptq == "adaround"
+                                   else "") + (" + bias correction" if self.bias_correction else ""),
                 "calibration_samples": calibration, "validation_samples": validation}
 
 
@@ -128,21 +129,17 @@ class Evaluator:
             return self.model
         set_weight_ranges(self.model, p.weight_range)
         if p.ptq == "adaround":
-            self._adaround(state)
-            return self.model
+            adaround(self.model, self._calib, AdaRoundConfig(iterations=p.adaround_iterations))
         self._calibrate()
+        if p.bias_correction:
+            correct_bias(self.model, self._float_reference(state), self._calib)
+            self._calibrate()  # the corrected biases move the ranges of the layers after them
         return self.model
 
     def _calibrate(self) -> None:
         p = self.protocol
         calibrate(self.model, self._calib, p.act_range, reestimate_bn=p.reestimate_bn, weight_range=None,
                   percentile=p.act_percentile)
-
-    def _adaround(self, state: dict[str, torch.Tensor]) -> None:
-        adaround(self.model, self._calib, AdaRoundConfig(iterations=self.protocol.adaround_iterations))
-        self._calibrate()
-        correct_bias(self.model, self._float_reference(state), self._calib)
-        self._calibrate()  # the corrected biases move the ranges of the layers after them
 
     def _float_reference(self, state: dict[str, torch.Tensor]) -> nn.Module:
         if self._float is None:

@@ -31,6 +31,17 @@ class _KnownNoise(logging.Filter):
 REPLY_POLL_S = 0.005
 
 
+def quiet_flower_logs(verbose: bool) -> None:
+    """Flower's INFO logs (every round's sampled nodes and metrics) only with ``verbose``; the
+    known noise (:class:`_KnownNoise`) filtered out otherwise."""
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    for f in [f for f in flwr_logger.filters if isinstance(f, _KnownNoise)]:
+        flwr_logger.removeFilter(f)
+    if not verbose:
+        flwr_logger.addFilter(_KnownNoise())
+
+
 class RayUnreachable(RuntimeError):
     """``simulation.ray_address`` names a Ray cluster that does not answer."""
 
@@ -91,12 +102,7 @@ def run_flower_simulation(server_app: ServerApp, client_app: ClientApp, num_supe
     import flwr.simulation
     import ray
 
-    flwr_logger = logging.getLogger("flwr")
-    flwr_logger.setLevel(logging.INFO if verbose else logging.WARNING)
-    for f in [f for f in flwr_logger.filters if isinstance(f, _KnownNoise)]:
-        flwr_logger.removeFilter(f)
-    if not verbose:
-        flwr_logger.addFilter(_KnownNoise())
+    quiet_flower_logs(verbose)
     # Ray's notice about a future default; we rely on today's (num_gpus=0 hides the GPUs).
     warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
     if ray_address:
