@@ -10,10 +10,10 @@ from omegaconf import OmegaConf
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 
 
-def make_config(*overrides: str, return_hydra_config: bool = False) -> dict:
+def make_config(*overrides: str) -> dict:
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
-    return OmegaConf.to_container(cfg, resolve=not return_hydra_config)
+        cfg = compose("config", overrides=list(overrides))
+    return OmegaConf.to_container(cfg, resolve=True)
 
 
 TINY = ("num_clients=6", "clients_per_round=3", "num_rounds=2", "client.local_epochs=1", "quiet=true")
