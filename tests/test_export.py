@@ -18,20 +18,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+from benchmarks.onnx_latency import train  # noqa: E402
 from fedquant.deploy import cli  # noqa: E402
 from fedquant.deploy.check import logits, onnx_accuracy, session  # noqa: E402
 from fedquant.deploy.onnx_export import export_model  # noqa: E402
 from fedquant.experiment.specs import build_evaluator, experiment_specs  # noqa: E402
 from fedquant.experiment.workspace import build_quantized_model, federated_data  # noqa: E402
 from fedquant.federation.bitwidths import parse_setting, setting_name  # noqa: E402
-from fedquant.federation.protocol import transport_state  # noqa: E402
 from fedquant.models import build_model  # noqa: E402
 from fedquant.quant import QuantConfig, calibrate, quant_layers, quantize_model, set_bitwidth  # noqa: E402
 from fedquant.quant.quantizers import host_asymmetric_qparams  # noqa: E402
@@ -44,20 +43,10 @@ SETTINGS = ["fp", "w8a8", "w4a4", "w3a3", "w2a2"]
 
 
 def trained_state(cfg: dict, steps: int = 60) -> dict:
-    """A seeded model of the run's config after ``steps`` float SGD steps on the clients' images."""
+    """A seeded model of the run's config after ``steps`` float SGD steps on the clients' images
+    (the benchmark's own training, :func:`benchmarks.onnx_latency.train`)."""
     data_spec, model_spec = experiment_specs(cfg)
-    fed = federated_data(data_spec)
-    model = build_quantized_model(model_spec, fed.data, seed=cfg["seed"])
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    pool = torch.cat(fed.clients)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        idx = pool[torch.randint(len(pool), (64,), generator=g)]
-        loss = F.cross_entropy(model(fed.data.normalize(fed.data.train_x[idx])), fed.data.train_y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return transport_state(model)
+    return train(model_spec, federated_data(data_spec), steps, seed=cfg["seed"])
 
 
 @pytest.fixture(scope="module")
