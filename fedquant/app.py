@@ -19,6 +19,7 @@ from clients import ClientSetup, make_client_app
 from strategies import build_strategy, discover_partitions, server_options
 
 from .data import DatasetError
+from .experiment.averaging import WeightAverage
 from .experiment.config import ConfigError, validate
 from .experiment.history import RunHistory
 from .experiment.resume import load_resume
@@ -110,16 +111,21 @@ class Experiment:
         self.reporter = ConsoleReporter(cfg["num_rounds"], quiet=cfg.get("quiet", False))
         schedule = Schedule(cfg["num_rounds"], cfg["eval"]["every"], cfg["eval"].get("initial", True),
                             cfg["checkpoint"]["every"])
+        ev = cfg["eval"]
+        self.averaging = WeightAverage(ev["average"], float(ev["ema_decay"]), int(ev["average_from"]))
+        if self.resumed and self.resumed.get("average"):
+            self.averaging.load_state_dict(self.resumed["average"])
         self.after_round = AfterRound(self.history, self.evaluator, schedule, self.reporter, self.plan.profiles,
                                       self._save, self.logger, resumed_round=self.offset if self.resumed else None,
-                                      started=started)
+                                      averaging=self.averaging, started=started)
         self.results: dict | None = None
         self._plots = None
 
     def _save(self, server_round: int, state: dict) -> None:
         save_checkpoint(self.output_dir, server_round,
                         {"arrays": state, "server_state": self.strategy.server_state(),
-                         **self.history.checkpoint_payload(), "config": self.cfg},
+                         **self.history.checkpoint_payload(), "average": self.averaging.state_dict(),
+                         "config": self.cfg},
                         keep=self.cfg["checkpoint"]["keep"])
 
     def serve(self, grid: Grid, data_on_nodes: bool = False) -> None:

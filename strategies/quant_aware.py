@@ -133,12 +133,13 @@ class QuantAwareMixin:
         nodes, clients = self.dispatch_order(flower_messages, self.plan.sample_clients(r, attempt))
         shared = nodes[0].content  # Flower's one record for every node: the arrays and train config
         job.node_clients = {}
+        round_config = {P.LR: self.plan.lr_schedule(r)} if self.plan.lr_schedule else {}
         out = []
         for i, client in enumerate(clients):
             node = self.node_of[client] if self.node_of else nodes[i % len(nodes)].metadata.dst_node_id
             sampling, settings = self.plan.assignment(r, client)
             node_config = ConfigRecord({
-                **dict(shared.config_records[self.configrecord_key]),
+                **dict(shared.config_records[self.configrecord_key]), **round_config,
                 P.PARTITION: client, P.SAMPLING: sampling, P.SETTINGS: settings,
                 P.SEED: self.plan.client_seed(r, client),
                 P.INJECT_FAILURE: self.plan.injects_failure(r, client, attempt),

@@ -146,10 +146,13 @@ def test_sigkill_mid_round_then_resume_matches_uninterrupted(tmp_path):
         assert strip_seconds(ra) == strip_seconds(rb)
 
 
-def test_extending_a_finished_run_equals_the_longer_run(tmp_path):
+@pytest.mark.parametrize("schedules", [(), ("client.lr_schedule=step", "client.lr_step_rounds=2",
+                                              "eval.average=ema", "eval.ema_decay=0.5")], ids=["plain", "lr-step+ema"])
+def test_extending_a_finished_run_equals_the_longer_run(tmp_path, schedules):
     """``resume_from=<finished run> num_rounds=<more>`` gives what ``num_rounds=<more>`` gives from
-    the start (how docs/results.md continued the study's Dirichlet runs)."""
-    common = (*TINY, "eval.every=2", "eval.settings=[fp,w2a2]")
+    the start (how docs/results.md continued the study's Dirichlet runs), also with a learning
+    rate schedule over rounds and an averaged global model (their state is checkpointed)."""
+    common = (*TINY, "eval.every=2", "eval.settings=[fp,w2a2]", *schedules)
     longer = run_experiment(make_config(*common, "num_rounds=3"), tmp_path / "longer")
     run_experiment(make_config(*common, "num_rounds=2"), tmp_path / "short")
     extended = run_experiment(make_config(*common, "num_rounds=3", f"resume_from={tmp_path / 'short'}"),

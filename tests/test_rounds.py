@@ -61,3 +61,21 @@ def test_round_time_excludes_evaluation_checkpoint_and_logging(resumed_round):
     assert history.final() == {"fp": 0.4} and history.final("validation") == {"fp": 0.2}
     if resumed_round is None:  # start -> end of round 1: round 0's evaluation and logging + round 1
         assert history.to_round1_end_s == 1.0 + 10.0 + 3.0
+
+
+def test_the_evaluated_model_is_the_average_when_asked():
+    import torch
+
+    from fedquant.experiment.averaging import WeightAverage
+
+    seen = []
+
+    def evaluator(state):
+        seen.append(float(state["w"]))
+        return {"test": {"fp": {"accuracy": 0.0, "loss": 0.0}}, "validation": {}}
+
+    after = AfterRound(RunHistory(), evaluator, Schedule(num_rounds=3), ConsoleReporter(3, quiet=True), [],
+                       averaging=WeightAverage("swa"))
+    for r in range(4):
+        after(r, {"w": torch.tensor(float(r))})
+    assert seen == [0.0, 1.0, 1.5, 2.0]  # round 0 as it is, then the mean of rounds 1..r

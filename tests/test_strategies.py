@@ -154,3 +154,17 @@ def test_any_number_of_nodes_trains_the_same_clients_to_the_same_model(nodes):
     for m in grid.sent:
         per_node[m.metadata.dst_node_id] = per_node.get(m.metadata.dst_node_id, 0) + 1
     assert len(per_node) == min(nodes, 3) and sum(per_node.values()) == 3 * 2  # 3 clients x 2 rounds
+
+
+def test_the_round_learning_rate_follows_the_schedule():
+    import math
+
+    _, _, grid = run_inprocess("client.lr_schedule=cosine", "client.lr_min_factor=0.1", "num_rounds=3")
+    sent = {}
+    for m in grid.sent:
+        cfg = m.content.config_records[P.CONFIG]
+        sent.setdefault(int(cfg["server-round"]), set()).add(cfg[P.LR])
+    lr = make_config()["client"]["lr"]
+    expected = {r: lr * 0.1 + (lr - lr * 0.1) * (1 + math.cos(math.pi * (r - 1) / 3)) / 2 for r in (1, 2, 3)}
+    assert all(len(v) == 1 for v in sent.values())  # every client of a round gets the round's lr
+    assert {r: next(iter(v)) for r, v in sent.items()} == pytest.approx(expected)

@@ -33,7 +33,7 @@ from ..experiment.workspace import build_quantized_model, federated_data
 from ..federation.profiles import per_profile, profiles_from_config
 from ..learning.evaluation import PTQ_METHODS
 from ..quant.config import ACT_RANGES, WEIGHT_RANGES
-from ..runtime.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from ..runtime.checkpoint import CheckpointError, evaluated_state, list_checkpoints, load_checkpoint
 from ..streams import Stream, stream_rng
 from ..tracking.results import write_json
 
@@ -76,7 +76,7 @@ def reevaluate_job(job: Path, out: Path, options: dict, only: list[str] | None =
     evaluator = build_evaluator(cfg, build_quantized_model(model_spec, fed.data, seed=cfg["seed"]), fed, settings)
     rounds = []
     for payload in payloads:
-        evaluation = evaluator(payload["arrays"])
+        evaluation = evaluator(evaluated_state(payload))
         rounds.append({"round": payload["round"], "eval": evaluation["test"]}
                       | ({"validation": evaluation["validation"]} if evaluation["validation"] else {}))
     final = {k: v["accuracy"] for k, v in rounds[-1]["eval"].items()}
@@ -87,7 +87,7 @@ def reevaluate_job(job: Path, out: Path, options: dict, only: list[str] | None =
            "reevaluated": {"checkpoints": [str(c) for c in checkpoints], **options}}
     if draws:
         size = draw_size or max(1, len(fed.calibration) // 2)
-        new["calibration_draws"] = calibration_draws(evaluator, payloads[-1]["arrays"], draws, size, cfg["seed"])
+        new["calibration_draws"] = calibration_draws(evaluator, evaluated_state(payloads[-1]), draws, size, cfg["seed"])
     target = out / job.name
     target.mkdir(parents=True, exist_ok=True)
     if (job / ".hydra").is_dir():

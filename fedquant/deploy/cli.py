@@ -37,7 +37,7 @@ from ..experiment.workspace import build_quantized_model, federated_data
 from ..federation.bitwidths import FLOAT, Setting, parse_settings, setting_name
 from ..federation.profiles import profiles_from_config
 from ..learning.evaluation import Evaluator, accuracy, model_bytes
-from ..runtime.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from ..runtime.checkpoint import CheckpointError, evaluated_state, list_checkpoints, load_checkpoint
 from ..tracking.files import atomic_write
 from ..tracking.results import write_json
 
@@ -176,7 +176,7 @@ def export_run(target: Path, out: Path | None = None, names: list[str] | None = 
     artifacts = {}
     for setting in settings:
         try:
-            artifacts[setting] = build_artifact(evaluator, payload["arrays"], setting, fold_batchnorm, int4, full_check)
+            artifacts[setting] = build_artifact(evaluator, evaluated_state(payload), setting, fold_batchnorm, int4, full_check)
         except ValueError as err:  # an unsupported op or a state that does not match the model
             raise ExportError(f"{setting_name(setting)}: {err}") from None
         a = artifacts[setting]

@@ -12,11 +12,13 @@ from pathlib import Path
 from ..data import DATASETS, SCHEMES
 from ..federation.bitwidths import FLOAT, SAMPLING_MODES, parse_setting, parse_settings
 from ..federation.plan import ON_TOO_FEW, STRATEGIES
+from ..federation.schedule import LR_SCHEDULES
 from ..learning.evaluation import PTQ_METHODS
 from ..learning.local_training import REGULARIZERS
 from ..models import MODELS
 from ..quant import QuantConfig
 from ..quant.config import ACT_RANGES, WEIGHT_RANGES
+from .averaging import AVERAGES
 
 LOGGERS = ("none", "wandb")
 WANDB_MODES = ("online", "offline", "disabled")
@@ -201,6 +203,10 @@ def validate(cfg: Mapping, servers: Mapping[str, Collection[str]]) -> None:
 
     _int(cfg, "client.local_epochs", 1)
     _float(cfg, "client.lr", 0.0, lo_open=True)
+    _choice(cfg, "client.lr_schedule", LR_SCHEDULES)
+    _float(cfg, "client.lr_min_factor", 0.0, 1.0)
+    _int(cfg, "client.lr_step_rounds", 1)
+    _float(cfg, "client.lr_gamma", 0.0, 1.0, lo_open=True)
     _int(cfg, "client.batch_size", 1)
     _float(cfg, "client.momentum", 0.0, 1.0, hi_open=True)
     _float(cfg, "client.weight_decay", 0.0)
@@ -214,6 +220,9 @@ def validate(cfg: Mapping, servers: Mapping[str, Collection[str]]) -> None:
     _float(cfg, "eval.act_percentile", 50.0, 100.0, lo_open=True)
     _choice(cfg, "eval.ptq", PTQ_METHODS)
     _int(cfg, "eval.adaround_iterations", 1)
+    _choice(cfg, "eval.average", AVERAGES)
+    _float(cfg, "eval.ema_decay", 0.0, 1.0, hi_open=True)
+    _int(cfg, "eval.average_from", 1)
     check_holdout(cfg, quantized=any(s != FLOAT for s in settings) or bool(_get(cfg, "strategy.profiles")))
     for key in ("eval.reestimate_bn", "eval.bias_correction", "eval.initial", "simulation.retain_freed_memory"):
         if not isinstance(_need(cfg, key), bool):

@@ -12,6 +12,7 @@ import torch
 from ..federation.profiles import Profile, per_profile
 from ..learning.evaluation import Evaluator
 from ..tracking import ConsoleReporter
+from .averaging import WeightAverage
 from .history import RunHistory
 
 State = dict[str, torch.Tensor]
@@ -56,6 +57,7 @@ class AfterRound:
     save_checkpoint: Callable[[int, State], None] | None = None
     logger: object | None = None  # a WandbLogger-like object with log_round(...)
     resumed_round: int | None = None
+    averaging: WeightAverage | None = None  # evaluate an average of the global models instead
     started: float = field(default_factory=time.perf_counter)  # the run's start
     clock: Callable[[], float] = time.perf_counter
     _last: float | None = None
@@ -71,9 +73,10 @@ class AfterRound:
             self.history.round_s[server_round] = now - self._last
             if server_round == 1:
                 self.history.to_round1_end_s = now - self.started
+        evaluated = self.averaging.update(server_round, state) if self.averaging and server_round else state
         evaluation = None
         if self.schedule.evaluates(server_round):
-            evaluation = self.evaluator(state)
+            evaluation = self.evaluator(evaluated)
             self.history.record_eval(server_round, evaluation, self.clock() - now)
         report = self.history.reports.get(server_round)
         accuracies = {k: v["accuracy"] for k, v in evaluation["test"].items()} if evaluation else None

@@ -11,6 +11,7 @@ from torch import nn
 from ..federation.bitwidths import Setting, parse_settings
 from ..federation.plan import TrainingPlan
 from ..federation.profiles import profiles_from_config, with_profile_settings
+from ..federation.schedule import LRSchedule
 from ..learning.evaluation import EvalProtocol, Evaluator
 from .workspace import DataSpec, FederatedData, ModelSpec
 
@@ -31,11 +32,17 @@ def experiment_specs(cfg: Mapping) -> tuple[DataSpec, ModelSpec]:
 
 def training_plan(cfg: Mapping) -> TrainingPlan:
     """Client sampling, device profiles, bit-width assignment and fault injection from ``cfg``."""
-    strat, faults = cfg["strategy"], cfg["faults"]
+    strat, faults, client = cfg["strategy"], cfg["faults"], cfg["client"]
+    schedule = None
+    if client.get("lr_schedule", "constant") != "constant":
+        schedule = LRSchedule(client["lr_schedule"], float(client["lr"]), cfg["num_rounds"],
+                              float(client.get("lr_min_factor", 0.0)), int(client.get("lr_step_rounds", 10)),
+                              float(client.get("lr_gamma", 0.1)))
     return TrainingPlan(strat["name"], strat["sampling"], parse_settings(strat["bits"], "strategy.bits"),
                         cfg["num_clients"], cfg["clients_per_round"], cfg["seed"],
                         profiles_from_config(strat["profiles"]),
-                        failure_rate=faults["client_failure_rate"], nan_rate=faults["nan_client_rate"])
+                        failure_rate=faults["client_failure_rate"], nan_rate=faults["nan_client_rate"],
+                        lr_schedule=schedule)
 
 
 def evaluation_settings(cfg: Mapping, names=None, key: str = "eval.settings") -> list[Setting]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from ..streams import Stream, stream_rng
 from .bitwidths import FLOAT, BitSampler, Setting, encode
 from .profiles import Profile, assign_profiles
+from .schedule import LRSchedule
 
 STRATEGIES = ("fedavg", "qafedavg")  # float training (+ post-training quantization) or QAT
 ON_TOO_FEW = ("retry", "stop")  # what the server does with a round that has too few replies
@@ -35,6 +36,7 @@ class TrainingPlan:
     profiles: list[Profile]
     failure_rate: float = 0.0  # simulation-only fault injection: share of sampled clients that raise
     nan_rate: float = 0.0  # simulation-only: share of sampled clients that reply with NaN weights
+    lr_schedule: LRSchedule | None = None  # the client learning rate per round (None: the config's)
 
     def __post_init__(self) -> None:
         self.profile_of = assign_profiles(self.profiles, self.num_clients, self.seed) if self.profiles else None

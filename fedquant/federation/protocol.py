@@ -21,9 +21,10 @@ SAMPLING = "sampling"  # per_step | per_round | fixed
 SEED = "seed"
 PROXIMAL_MU = "proximal-mu"  # set by Flower's FedProx
 # shared train config: ConfigRecord key <- (config key under `client`, TrainConfig field, type)
+LR = "lr"  # the round's learning rate (the shared record's, or the plan's schedule)
 TRAIN_KEYS = {
     "local-epochs": ("local_epochs", "epochs", int), "batch-size": ("batch_size", "batch_size", int),
-    "lr": ("lr", "lr", float), "momentum": ("momentum", "momentum", float),
+    LR: ("lr", "lr", float), "momentum": ("momentum", "momentum", float),
     "weight-decay": ("weight_decay", "weight_decay", float), "regularizer": ("regularizer", "regularizer", str),
     "reg-weight": ("reg_weight", "reg_weight", float),
 }

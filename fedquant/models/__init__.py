@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from .cct import CCT
 from .cnn import CNN
 from .mlp import MLP
 from .resnet import ResNet20
 
-MODELS = ("mlp", "cnn", "resnet20")
+MODELS = ("mlp", "cnn", "resnet20", "cct")
 
 
 def build_model(name: str, dataset: object, **options: object) -> nn.Module:
@@ -21,7 +22,9 @@ def build_model(name: str, dataset: object, **options: object) -> nn.Module:
         return MLP(c * h * w, dataset.num_classes, **options)
     if name == "cnn":
         return CNN(c, dataset.num_classes, image_size=h, **options)
+    if name == "cct":
+        return CCT(c, dataset.num_classes, image_size=h, **options)
     return ResNet20(c, dataset.num_classes, **options)
 
 
-__all__ = ["CNN", "MLP", "MODELS", "ResNet20", "build_model"]
+__all__ = ["CCT", "CNN", "MLP", "MODELS", "ResNet20", "build_model"]

@@ -79,3 +79,10 @@ def find_checkpoint(resume_from: str | None, runs_root: Path, exclude: Path | No
     if not candidates:
         raise CheckpointError(f"resume=true: no checkpoint under {runs_root}; run without resume, or pass resume_from=<run dir>")
     return max(candidates, key=lambda p: (p.stat().st_mtime, p.name))
+
+
+def evaluated_state(payload: dict) -> dict:
+    """The model a checkpoint's run evaluates: the average of the global models when the run
+    averaged them (``eval.average``), else the global model itself."""
+    average = (payload.get("average") or {}).get("average")
+    return {k: v.float() for k, v in average.items()} if average else payload["arrays"]
