@@ -43,3 +43,8 @@ def test_scale_clients_runs():
 def test_ptq_cost_runs():
     out = bench("benchmarks.ptq_cost", "--tiny", "--repeats", "1", "--iterations", "20", "--settings", "w4a4")
     assert re.search(r"^\s+w4a4\s+\d+\.\d\d\s+\d+\.\d\d\s+\d+\.\d$", out, re.M)
+
+
+def test_distill_cost_runs():
+    out = bench("benchmarks.distill_cost", "--tiny", "--rounds", "1", "--images", "64")
+    assert re.search(r"with in-place distillation \d+\.\d\d ms; ratio \d+\.\d\d", out)

@@ -212,6 +212,8 @@ def validate(cfg: Mapping, servers: Mapping[str, Collection[str]]) -> None:
     _float(cfg, "client.weight_decay", 0.0)
     _choice(cfg, "client.regularizer", REGULARIZERS)
     _float(cfg, "client.reg_weight", 0.0)
+    _float(cfg, "client.distill_weight", 0.0)
+    _float(cfg, "client.distill_temperature", 0.0, lo_open=True)
 
     settings = _wrap("eval.settings", parse_settings, _need(cfg, "eval.settings"), "eval.settings")
     _int(cfg, "eval.every", 1)

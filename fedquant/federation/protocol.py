@@ -27,6 +27,8 @@ TRAIN_KEYS = {
     LR: ("lr", "lr", float), "momentum": ("momentum", "momentum", float),
     "weight-decay": ("weight_decay", "weight_decay", float), "regularizer": ("regularizer", "regularizer", str),
     "reg-weight": ("reg_weight", "reg_weight", float),
+    "distill-weight": ("distill_weight", "distill_weight", float),
+    "distill-temperature": ("distill_temperature", "distill_temperature", float),
 }
 INJECT_FAILURE = "inject-failure"  # simulation-only fault injection: the client raises
 INJECT_NAN = "inject-nan"  # simulation-only fault injection: the client replies with NaN weights

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import Dataset
-from ..federation.bitwidths import Setting, setting_name
+from ..federation.bitwidths import FLOAT, Setting, setting_name
 from ..quant import gradient_l1_loss, kurtosis_loss, set_bitwidth
 from .batches import memory_format_for, to_input
 
@@ -34,6 +34,34 @@ class TrainConfig:
     regularizer: str = "none"
     reg_weight: float = 0.0
     proximal_mu: float = 0.0
+    distill_weight: float = 0.0  # in-place distillation from the float forward of the same batch
+    distill_temperature: float = 2.0
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, averaged over the batch (the
+    ``T^2`` keeps the gradient's scale independent of ``T``, Hinton et al. 2015)."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), reduction="batchmean",
+                    log_target=True) * (t * t)
+
+
+@torch.no_grad()
+def float_logits(model: nn.Module, x: torch.Tensor, setting: Setting) -> torch.Tensor:
+    """The model's float logits on ``x`` in training mode (BatchNorm on the batch's statistics,
+    as the quantized forward), leaving BatchNorm's running statistics as they were; the model is
+    switched back to ``setting``."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()) for bn in bns]
+    set_bitwidth(model, None, None)
+    try:
+        return model(x)
+    finally:
+        set_bitwidth(model, *setting)
+        for bn, (mean, var, count) in zip(bns, saved, strict=True):
+            bn.running_mean.copy_(mean)
+            bn.running_var.copy_(var)
+            bn.num_batches_tracked.copy_(count)
 
 
 @dataclass
@@ -52,7 +80,11 @@ def train_local(model: nn.Module, data: Dataset, indices: torch.Tensor, cfg: Tra
     ``next_setting`` is called before every step to get the (weight, act) bits of that step
     (return ``FLOAT`` for plain float training, a constant for fixed-bit QAT). ``seed`` fixes
     the batch order. The regulariser adds ``reg_weight * R``: KURE ``R = mean_l (K_l - 1.8)^2``,
-    gradient-L1 ``R = ||dCE/dW||_1``; FedProx adds ``mu/2 ||w - w_global||^2``.
+    gradient-L1 ``R = ||dCE/dW||_1``; FedProx adds ``mu/2 ||w - w_global||^2``. In-place
+    distillation (``distill_weight > 0``) adds to every quantized step
+    ``distill_weight * T^2 * KL(softmax(z_fp / T) || softmax(z_q / T))``, ``z_fp`` the same
+    model's float logits on the same batch (one extra forward, no gradient, BatchNorm statistics
+    untouched).
     """
     x_all, y_all = data.train_x[indices], data.train_y[indices]
     n = len(indices)
@@ -74,8 +106,13 @@ def train_local(model: nn.Module, data: Dataset, indices: torch.Tensor, cfg: Tra
             steps_at[setting] += 1
             xb = to_input(data, x_all[batch], device, fmt)
             yb = y_all[batch].to(device, non_blocking=True)
-            task = F.cross_entropy(model(xb), yb)
+            # the teacher first: its BatchNorm bookkeeping must not touch what the student's backward saved
+            teacher = float_logits(model, xb, setting) if cfg.distill_weight and setting != FLOAT else None
+            logits = model(xb)
+            task = F.cross_entropy(logits, yb)
             loss = task
+            if teacher is not None:
+                loss = loss + cfg.distill_weight * distillation_loss(logits, teacher, cfg.distill_temperature)
             if cfg.regularizer == "kure" and cfg.reg_weight:
                 loss = loss + cfg.reg_weight * kurtosis_loss(model)
             elif cfg.regularizer == "gradl1" and cfg.reg_weight:

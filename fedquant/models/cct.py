@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 POSITIONAL = ("learnable", "sine")
@@ -153,7 +152,9 @@ class CCT(nn.Module):
         if positional not in POSITIONAL:
             raise ValueError(f"model.positional={positional!r} is not valid: allowed are "
                              f"{', '.join(POSITIONAL)}")
-        layers = default_tokenizer_layers(image_size) if tokenizer_layers is None else tokenizer_layers
+        layers = tokenizer_layers
+        if layers is None:
+            layers = default_tokenizer_layers(image_size)
         if layers < 1:
             raise ValueError(f"model.tokenizer_layers={layers!r} is not valid: allowed is >= 1")
         self.tokenizer = Tokenizer(in_channels, embed_dim, layers, tokenizer_channels)
@@ -164,7 +165,8 @@ class CCT(nn.Module):
         else:
             self.register_buffer("pos_embed", sinusoidal_embedding(self.tokens, embed_dim),
                                  persistent=False)
-        self.blocks = nn.Sequential(*(EncoderLayer(embed_dim, heads, mlp_ratio) for _ in range(depth)))
+        self.blocks = nn.Sequential(
+            *(EncoderLayer(embed_dim, heads, mlp_ratio) for _ in range(depth)))
         self.norm = nn.LayerNorm(embed_dim)
         self.pool = nn.Linear(embed_dim, 1)
         self.fc = nn.Linear(embed_dim, num_classes)  # registered last: the "last layer" when pinned
