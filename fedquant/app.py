@@ -146,7 +146,7 @@ class Experiment:
         poll_replies_often(grid)
         self.strategy.start(grid=grid, initial_arrays=ArrayRecord(self.initial_state),
                             num_rounds=self.cfg["num_rounds"] - self.offset,
-                            train_config=ConfigRecord(train_record(self.cfg["client"])), evaluate_fn=evaluate_fn)
+                            train_config=ConfigRecord(train_record(self.cfg["client"], self.cfg["dataset"]["augment"])), evaluate_fn=evaluate_fn)
 
     def finish(self, wall_time: float) -> dict:
         """results.json, metrics.csv, the plots and the final table; returns the results."""

@@ -53,4 +53,4 @@ def recording_strategy(server, plan, **kwargs):
 
 def train_config(cfg) -> ConfigRecord:
     """The shared training ConfigRecord the app sends, from a composed config."""
-    return ConfigRecord(train_record(cfg["client"]))
+    return ConfigRecord(train_record(cfg["client"], cfg["dataset"]["augment"]))

@@ -86,17 +86,21 @@ def test_cli_cifar_missing_offline_is_one_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: cifar10: neither") and "dataset.root=" in lines[0]
 
 
-def test_cli_cifar_from_local_folder_runs(tmp_path):
-    folder = tmp_path / "cifar" / "cifar-10-batches-bin"
-    folder.mkdir(parents=True)
-    members, _ = cifar_files("cifar10", n=24)
-    for name, raw in members.items():
-        (folder / name).write_bytes(raw)
-    run_dir = tmp_path / "run"
-    proc = cli("+experiment=cifar_qafedavg", f"dataset.root={tmp_path / 'cifar'}", "dataset.holdout=40",
-               "dataset.validation=8", "num_clients=4", "clients_per_round=2", "num_rounds=1", "partition=iid", "eval.settings=[fp,w4a4]",
-               "quiet=true", f"hydra.run.dir={run_dir}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    res = json.loads((run_dir / "results.json").read_text())
-    assert res["config"]["model"]["name"] == "resnet20" and set(res["final"]) == {"fp", "w4a4"}
-    assert res["partition"] == {"sizes": [20, 20, 20, 20], "calibration": 32, "validation": 8}
+def test_every_shipped_cifar_experiment_starts_on_real_format_files(tmp_path):
+    """Each conf/experiment/cifar*.yaml runs one round on miniature CIFAR-10/100 binary releases
+    (augmentation and the round schedule included), in one sweep."""
+    root = tmp_path / "cifar"
+    for name, folder, n in (("cifar10", "cifar-10-batches-bin", 24), ("cifar100", "cifar-100-binary", 120)):
+        (root / folder).mkdir(parents=True)
+        for member, raw in cifar_files(name, n=n)[0].items():
+            (root / folder / member).write_bytes(raw)
+    experiments = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("cifar*.yaml"))
+    proc = cli("-m", f"+experiment={','.join(experiments)}", f"dataset.root={root}", "dataset.holdout=40",
+               "dataset.validation=8", "num_clients=4", "clients_per_round=2", "num_rounds=1", "partition=iid",
+               "eval.settings=[fp,w4a4]", "quiet=true", f"hydra.sweep.dir={tmp_path / 'sweep'}", timeout=600)
+    assert proc.returncode == 0 and "error" not in proc.stderr, proc.stderr[-3000:]
+    results = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("*/results.json"))]
+    assert len(results) == len(experiments) >= 3
+    for res in results:
+        assert set(res["final"]) == {"fp", "w4a4"} and res["config"]["dataset"]["augment"] is True
+        assert res["partition"] == {"sizes": [20, 20, 20, 20], "calibration": 32, "validation": 8}

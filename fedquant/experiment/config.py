@@ -226,7 +226,7 @@ def validate(cfg: Mapping, servers: Mapping[str, Collection[str]]) -> None:
     _float(cfg, "eval.ema_decay", 0.0, 1.0, hi_open=True)
     _int(cfg, "eval.average_from", 1)
     check_holdout(cfg, quantized=any(s != FLOAT for s in settings) or bool(_get(cfg, "strategy.profiles")))
-    for key in ("eval.reestimate_bn", "eval.bias_correction", "eval.initial", "simulation.retain_freed_memory"):
+    for key in ("dataset.augment", "eval.reestimate_bn", "eval.bias_correction", "eval.initial", "simulation.retain_freed_memory"):
         if not isinstance(_need(cfg, key), bool):
             raise ConfigError(f"{key}={_get(cfg, key)!r} is not valid: allowed are true, false")
     _int(cfg, "eval.batch_size", 1)

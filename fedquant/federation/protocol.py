@@ -30,6 +30,7 @@ TRAIN_KEYS = {
     "distill-weight": ("distill_weight", "distill_weight", float),
     "distill-temperature": ("distill_temperature", "distill_temperature", float),
 }
+AUGMENT = "augment"  # bool: the dataset's training augmentation (dataset.augment)
 INJECT_FAILURE = "inject-failure"  # simulation-only fault injection: the client raises
 INJECT_NAN = "inject-nan"  # simulation-only fault injection: the client replies with NaN weights
 
@@ -64,15 +65,17 @@ def decode_bits(hist: list[int]) -> dict[str, int]:
     return out
 
 
-def train_record(client_cfg) -> dict:
-    """The ``client`` config section as the shared training ConfigRecord's contents."""
-    return {key: kind(client_cfg[name]) for key, (name, _, kind) in TRAIN_KEYS.items()}
+def train_record(client_cfg, augment: bool = False) -> dict:
+    """The ``client`` config section (and ``dataset.augment``) as the shared training
+    ConfigRecord's contents."""
+    return {**{key: kind(client_cfg[name]) for key, (name, _, kind) in TRAIN_KEYS.items()}, AUGMENT: bool(augment)}
 
 
 def train_fields(record) -> dict:
     """Inverse of :func:`train_record`: TrainConfig keyword arguments (plus FedProx's mu)."""
     fields = {field: kind(record[key]) for key, (_, field, kind) in TRAIN_KEYS.items()}
     fields["proximal_mu"] = float(record.get(PROXIMAL_MU, 0.0))
+    fields["augment"] = bool(record.get(AUGMENT, False))
     return fields
 
 

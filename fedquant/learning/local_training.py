@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import Dataset
+from ..data.augment import random_crop_flip
 from ..federation.bitwidths import FLOAT, Setting, setting_name
 from ..quant import gradient_l1_loss, kurtosis_loss, set_bitwidth
 from .batches import memory_format_for, to_input
@@ -36,6 +37,7 @@ class TrainConfig:
     proximal_mu: float = 0.0
     distill_weight: float = 0.0  # in-place distillation from the float forward of the same batch
     distill_temperature: float = 2.0
+    augment: bool = False  # random crop (4-pixel padding) and horizontal flip of every image batch
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -84,7 +86,8 @@ def train_local(model: nn.Module, data: Dataset, indices: torch.Tensor, cfg: Tra
     distillation (``distill_weight > 0``) adds to every quantized step
     ``distill_weight * T^2 * KL(softmax(z_fp / T) || softmax(z_q / T))``, ``z_fp`` the same
     model's float logits on the same batch (one extra forward, no gradient, BatchNorm statistics
-    untouched).
+    untouched). ``augment``: the CIFAR recipe (:func:`fedquant.data.augment.random_crop_flip`),
+    seeded by ``seed + 1``.
     """
     x_all, y_all = data.train_x[indices], data.train_y[indices]
     n = len(indices)
@@ -93,6 +96,7 @@ def train_local(model: nn.Module, data: Dataset, indices: torch.Tensor, cfg: Tra
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     anchor = [p.detach().clone() for p in model.parameters()] if cfg.proximal_mu > 0 else None
     gen = torch.Generator().manual_seed(seed)
+    augment_gen = torch.Generator().manual_seed(seed + 1)  # its own stream: batch order unchanged
     steps_at: Counter = Counter()  # setting -> steps
     current = None
     loss_sum = torch.zeros((), device=device)
@@ -104,7 +108,10 @@ def train_local(model: nn.Module, data: Dataset, indices: torch.Tensor, cfg: Tra
                 set_bitwidth(model, *setting)
                 current = setting
             steps_at[setting] += 1
-            xb = to_input(data, x_all[batch], device, fmt)
+            raw = x_all[batch]
+            if cfg.augment:
+                raw = random_crop_flip(raw.to(device, non_blocking=True), augment_gen)
+            xb = to_input(data, raw, device, fmt)
             yb = y_all[batch].to(device, non_blocking=True)
             # the teacher first: its BatchNorm bookkeeping must not touch what the student's backward saved
             teacher = float_logits(model, xb, setting) if cfg.distill_weight and setting != FLOAT else None
