@@ -235,3 +235,27 @@ def test_bias_correction_zeroes_the_mean_output_error():
     assert before.abs().max().item() > 1e-2 * scale
     assert after.abs().max().item() < 1e-5 * scale, (after.abs().max().item(), scale)
     assert shifts["3"] == pytest.approx(before.abs().mean().item(), rel=1e-4)
+
+
+def test_bias_correction_of_a_linear_layer_on_token_sequences():
+    """A Linear applied to [B, tokens, C] (a transformer's MLP) is corrected per output feature."""
+    from fedquant.quant.bias_correction import correct_bias
+
+    torch.manual_seed(0)
+
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 5)
+
+        def forward(self, x):
+            return self.fc(x.reshape(x.shape[0], 4, 8))
+
+    float_model = quantize_model(Tokens(), QuantConfig(None, None))
+    model = copy.deepcopy(float_model)
+    set_bitwidth(model, 2, None)
+    x = [torch.randn(16, 32) + 0.5]
+    correct_bias(model, float_model, x)
+    with torch.no_grad():
+        shift = (model(x[0]) - float_model(x[0])).mean((0, 1))
+    assert shift.abs().max() < 1e-5

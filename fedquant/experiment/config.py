@@ -15,7 +15,7 @@ from ..federation.plan import ON_TOO_FEW, STRATEGIES
 from ..federation.schedule import LR_SCHEDULES
 from ..learning.evaluation import PTQ_METHODS
 from ..learning.local_training import REGULARIZERS
-from ..models import MODELS
+from ..models import MODELS, model_options
 from ..quant import QuantConfig
 from ..quant.config import ACT_RANGES, WEIGHT_RANGES
 from .averaging import AVERAGES
@@ -162,6 +162,11 @@ def validate(cfg: Mapping, servers: Mapping[str, Collection[str]]) -> None:
     _choice(cfg, "model.name", MODELS)
     if not isinstance(_need(cfg, "model.options"), Mapping):
         raise ConfigError(f"model.options={_get(cfg, 'model.options')!r} is not valid: allowed is a mapping")
+    allowed = model_options(_get(cfg, "model.name"))
+    for key in _get(cfg, "model.options"):
+        if key not in allowed:
+            raise ConfigError(f"model.options.{key} is not valid for model.name={_get(cfg, 'model.name')}: "
+                              f"allowed are {', '.join(allowed) or 'none'}")
     if _get(cfg, "model.options.norm") not in (_MISSING, "batch", "group"):
         _choice(cfg, "model.options.norm", ("batch", "group"))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from torch import nn
 
 from .cct import CCT
@@ -10,6 +12,13 @@ from .mlp import MLP
 from .resnet import ResNet20
 
 MODELS = ("mlp", "cnn", "resnet20", "cct")
+_CLASSES = {"mlp": MLP, "cnn": CNN, "resnet20": ResNet20, "cct": CCT}
+_FIXED = {"self", "in_features", "in_channels", "num_classes", "image_size"}  # set from the dataset
+
+
+def model_options(name: str) -> list[str]:
+    """The ``model.options`` model ``name`` accepts (its constructor's own arguments)."""
+    return sorted(set(inspect.signature(_CLASSES[name].__init__).parameters) - _FIXED)
 
 
 def build_model(name: str, dataset: object, **options: object) -> nn.Module:
@@ -27,4 +36,4 @@ def build_model(name: str, dataset: object, **options: object) -> nn.Module:
     return ResNet20(c, dataset.num_classes, **options)
 
 
-__all__ = ["CCT", "CNN", "MLP", "MODELS", "ResNet20", "build_model"]
+__all__ = ["CCT", "CNN", "MLP", "MODELS", "ResNet20", "build_model", "model_options"]

@@ -18,12 +18,16 @@ from .modules import quant_layers
 
 @torch.no_grad()
 def _mean_output(model: nn.Module, layer: nn.Module, batches: list[torch.Tensor]) -> torch.Tensor:
-    """Per-channel (axis 1) mean of ``layer``'s output over ``batches``, in float64."""
+    """Per-output-channel mean of ``layer``'s output over ``batches``, in float64: the channel
+    axis is 1 for a convolution and the last one for a linear layer (which may see ``[B, tokens,
+    C]`` inputs, as in a transformer)."""
     total, count = [], []
+    axis = 1 if isinstance(layer, nn.Conv2d) else -1
 
     def record(y: torch.Tensor) -> None:
-        total.append(y.double().sum([d for d in range(y.dim()) if d != 1]))
-        count.append(y.numel() // y.shape[1])
+        channel = axis % y.dim()
+        total.append(y.double().sum([d for d in range(y.dim()) if d != channel]))
+        count.append(y.numel() // y.shape[channel])
 
     run_to_layer(model, layer, batches, record, output=True)
     return torch.stack(total).sum(0) / sum(count)
