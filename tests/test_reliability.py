@@ -146,12 +146,12 @@ def test_sigkill_mid_round_then_resume_matches_uninterrupted(tmp_path):
         assert strip_seconds(ra) == strip_seconds(rb)
 
 
-@pytest.mark.parametrize("schedules", [(), ("client.lr_schedule=step", "client.lr_step_rounds=2",
-                                              "eval.average=ema", "eval.ema_decay=0.5")], ids=["plain", "lr-step+ema"])
-def test_extending_a_finished_run_equals_the_longer_run(tmp_path, schedules):
+def test_extending_a_finished_run_equals_the_longer_run(tmp_path):
     """``resume_from=<finished run> num_rounds=<more>`` gives what ``num_rounds=<more>`` gives from
-    the start (how docs/results.md continued the study's Dirichlet runs), also with a learning
-    rate schedule over rounds and an averaged global model (their state is checkpointed)."""
+    the start (how docs/results.md continued the study's Dirichlet runs), with a learning-rate
+    schedule over rounds and an averaged global model (whose state is checkpointed); the plain
+    case is the SIGKILL test's."""
+    schedules = ("client.lr_schedule=step", "client.lr_step_rounds=2", "eval.average=ema", "eval.ema_decay=0.5")
     common = (*TINY, "eval.every=2", "eval.settings=[fp,w2a2]", *schedules)
     longer = run_experiment(make_config(*common, "num_rounds=3"), tmp_path / "longer")
     run_experiment(make_config(*common, "num_rounds=2"), tmp_path / "short")
