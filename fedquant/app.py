@@ -19,12 +19,18 @@ from clients import ClientSetup, make_client_app
 from strategies import build_strategy, discover_partitions, server_options
 
 from .data import DatasetError
-from .experiment.averaging import WeightAverage
 from .experiment.config import ConfigError, validate
 from .experiment.history import RunHistory
 from .experiment.resume import load_resume
-from .experiment.rounds import AfterRound, Schedule
-from .experiment.specs import build_evaluator, evaluation_settings, experiment_specs, training_plan
+from .experiment.rounds import AfterRound
+from .experiment.specs import (
+    build_evaluator,
+    evaluation_settings,
+    experiment_specs,
+    round_schedule,
+    training_plan,
+    weight_average,
+)
 from .experiment.workspace import build_quantized_model, federated_data, select_device
 from .federation.bitwidths import setting_name
 from .federation.protocol import train_record, transport_state
@@ -109,13 +115,8 @@ class Experiment:
             print(f"resuming {self.resumed['path']} after round {self.offset}")
         self.logger = _make_logger(cfg, self.output_dir, group)
         self.reporter = ConsoleReporter(cfg["num_rounds"], quiet=cfg.get("quiet", False))
-        schedule = Schedule(cfg["num_rounds"], cfg["eval"]["every"], cfg["eval"].get("initial", True),
-                            cfg["checkpoint"]["every"])
-        ev = cfg["eval"]
-        self.averaging = WeightAverage(ev["average"], float(ev["ema_decay"]), int(ev["average_from"]))
-        if self.resumed and self.resumed.get("average"):
-            self.averaging.load_state_dict(self.resumed["average"])
-        self.after_round = AfterRound(self.history, self.evaluator, schedule, self.reporter, self.plan.profiles,
+        self.averaging = weight_average(cfg, self.resumed)
+        self.after_round = AfterRound(self.history, self.evaluator, round_schedule(cfg), self.reporter, self.plan.profiles,
                                       self._save, self.logger, resumed_round=self.offset if self.resumed else None,
                                       averaging=self.averaging, started=started)
         self.results: dict | None = None

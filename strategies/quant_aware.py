@@ -5,7 +5,8 @@
 FedOpt still tracks its moments); the mixin only adds small hooks around them:
 
 - :meth:`~QuantAwareMixin.node_messages`: Flower's one shared training record becomes one
-  Message per node, carrying that client's partition, bit-widths and seed;
+  Message per sampled client, carrying its partition, bit-widths, seed and the round's learning
+  rate, dealt out over the connected nodes (in deployment: sent to the node holding it);
 - :meth:`~QuantAwareMixin.successful_replies` and :meth:`~QuantAwareMixin.retry_until_enough`:
   failed replies are dropped and named; with fewer than ``min_replies`` successes the round is
   retried with a fresh sample (``on_too_few="retry"``, up to ``max_retries``) or the run stops;

@@ -72,7 +72,7 @@ def reevaluate_job(job: Path, out: Path, options: dict, only: list[str] | None =
     cfg["eval"].update(options)
     data_spec, model_spec = experiment_specs(cfg)
     fed = federated_data(data_spec)
-    settings = evaluation_settings(cfg, only, "--settings") if only else evaluation_settings(cfg)
+    settings = evaluation_settings(cfg, only, "--settings")
     evaluator = build_evaluator(cfg, build_quantized_model(model_spec, fed.data, seed=cfg["seed"]), fed, settings)
     rounds = []
     for payload in payloads:

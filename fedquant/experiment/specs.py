@@ -13,6 +13,8 @@ from ..federation.plan import TrainingPlan
 from ..federation.profiles import profiles_from_config, with_profile_settings
 from ..federation.schedule import LRSchedule
 from ..learning.evaluation import EvalProtocol, Evaluator
+from .averaging import WeightAverage
+from .rounds import Schedule
 from .workspace import DataSpec, FederatedData, ModelSpec
 
 
@@ -66,3 +68,19 @@ def build_evaluator(cfg: Mapping, model: nn.Module, fed: FederatedData, settings
     as in :func:`eval_protocol`)."""
     return Evaluator(model, fed.data, fed.calibration, fed.validation, settings, eval_protocol(cfg, **overrides),
                      cfg["eval"]["batch_size"], device)
+
+
+def round_schedule(cfg: Mapping) -> Schedule:
+    """When the server evaluates and checkpoints (``eval.every``, ``eval.initial``, ``checkpoint.every``)."""
+    return Schedule(cfg["num_rounds"], cfg["eval"]["every"], cfg["eval"].get("initial", True),
+                    cfg["checkpoint"]["every"])
+
+
+def weight_average(cfg: Mapping, checkpoint: Mapping | None = None) -> WeightAverage:
+    """The averaging of the global models that the server evaluates (``eval.average``), restored
+    from ``checkpoint`` when the run resumes."""
+    ev = cfg["eval"]
+    average = WeightAverage(ev["average"], float(ev["ema_decay"]), int(ev["average_from"]))
+    if checkpoint and checkpoint.get("average"):
+        average.load_state_dict(checkpoint["average"])
+    return average

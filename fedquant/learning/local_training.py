@@ -48,12 +48,17 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
                     log_target=True) * (t * t)
 
 
+def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 @torch.no_grad()
-def float_logits(model: nn.Module, x: torch.Tensor, setting: Setting) -> torch.Tensor:
+def float_logits(model: nn.Module, x: torch.Tensor, setting: Setting, bns: list | None = None) -> torch.Tensor:
     """The model's float logits on ``x`` in training mode (BatchNorm on the batch's statistics,
-    as the quantized forward), leaving BatchNorm's running statistics as they were; the model is
-    switched back to ``setting``."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    as the quantized forward), leaving BatchNorm's running statistics (``bns``: the model's
+    BatchNorm layers, found once by the caller) as they were; the model is switched back to
+    ``setting``."""
+    bns = batchnorms(model) if bns is None else bns
     saved = [(bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()) for bn in bns]
     set_bitwidth(model, None, None)
     try:
@@ -97,6 +102,7 @@ def train_local(model: nn.Module, data: Dataset, indices: torch.Tensor, cfg: Tra
     anchor = [p.detach().clone() for p in model.parameters()] if cfg.proximal_mu > 0 else None
     gen = torch.Generator().manual_seed(seed)
     augment_gen = torch.Generator().manual_seed(seed + 1)  # its own stream: batch order unchanged
+    bns = batchnorms(model) if cfg.distill_weight else None
     steps_at: Counter = Counter()  # setting -> steps
     current = None
     loss_sum = torch.zeros((), device=device)
@@ -114,7 +120,7 @@ def train_local(model: nn.Module, data: Dataset, indices: torch.Tensor, cfg: Tra
             xb = to_input(data, raw, device, fmt)
             yb = y_all[batch].to(device, non_blocking=True)
             # the teacher first: its BatchNorm bookkeeping must not touch what the student's backward saved
-            teacher = float_logits(model, xb, setting) if cfg.distill_weight and setting != FLOAT else None
+            teacher = float_logits(model, xb, setting, bns) if cfg.distill_weight and setting != FLOAT else None
             logits = model(xb)
             task = F.cross_entropy(logits, yb)
             loss = task
