@@ -28,8 +28,8 @@ ARMS: dict[str, tuple[str, ...]] = {
     "qafedavg_per_round": ("+experiment=fmnist_qafedavg_per_round",),
     "qafedavg_cosine": ("+experiment=fmnist_qafedavg", "client.lr_schedule=cosine"),
     "qafedavg_distill": ("+experiment=fmnist_qafedavg", "client.distill_weight=1.0"),
-    "qafedavg_dampen": ("+experiment=fmnist_qafedavg", "quantization.oscillation.dampen_weight=0.01"),
-    "qafedavg_freeze": ("+experiment=fmnist_qafedavg", "quantization.oscillation.freeze_threshold=0.02"),
+    "qafedavg_dampen": ("+experiment=fmnist_qafedavg", "client.dampen_weight=0.02"),
+    "qafedavg_freeze": ("+experiment=fmnist_qafedavg", "client.freeze_threshold=0.02"),
     "qafedavg_profiles": ("+experiment=fmnist_qafedavg_profiles",),
 }
 

@@ -80,9 +80,13 @@ def handle_train(setup: ClientSetup, msg: Message, node_index: int = -1, own_par
     device = next(model.parameters()).device
     P.load_transport_state(model, msg.content.array_records[P.ARRAYS].to_torch_state_dict())
     next_setting = setting_source(str(cfg[P.SAMPLING]), [parse_setting(s) for s in cfg[P.SETTINGS]], seed)
+    frozen = None
+    if P.FROZEN in msg.content.array_records:
+        frozen = {k: v.bool() for k, v in msg.content.array_records[P.FROZEN].to_torch_state_dict().items()}
     start, cpu_start = time.perf_counter(), time.thread_time()
     try:
-        result = train_local(model, fed.data, fed.clients[client], TrainConfig(**P.train_fields(cfg)), next_setting, seed, device)
+        result = train_local(model, fed.data, fed.clients[client], TrainConfig(**P.train_fields(cfg)), next_setting, seed,
+                             device, frozen=frozen)
     except Exception as err:
         raise RuntimeError(f"client {client}: {type(err).__name__}: {err}") from err
     state = {k: v.cpu() for k, v in P.transport_state(model).items()}
@@ -91,8 +95,18 @@ def handle_train(setup: ClientSetup, msg: Message, node_index: int = -1, own_par
     metrics = MetricRecord({P.NUM_EXAMPLES: result.num_examples, P.TRAIN_LOSS: result.loss,
                             P.PARTITION: client, P.BITS_HIST: P.encode_bits(result.bits_used),
                             P.TRAIN_SECONDS: time.perf_counter() - start,
-                            P.TRAIN_CPU_SECONDS: time.thread_time() - cpu_start, P.NODE_INDEX: node_index})
-    return Message(RecordDict({P.ARRAYS: ArrayRecord(state), P.METRICS: metrics}), reply_to=msg)
+                            P.TRAIN_CPU_SECONDS: time.thread_time() - cpu_start, P.NODE_INDEX: node_index,
+                            P.TRACKED_STEPS: result.oscillations.steps if result.oscillations else 0})
+    content = RecordDict({P.ARRAYS: ArrayRecord(state), P.METRICS: metrics})
+    if result.oscillations is not None:
+        content[P.OSCILLATIONS] = ArrayRecord(oscillation_arrays(result.oscillations))
+    return Message(content, reply_to=msg)
+
+
+def oscillation_arrays(counter) -> dict[str, torch.Tensor]:
+    """A client's oscillation counts and integer sums, keyed ``<weight>|count`` / ``<weight>|intsum``."""
+    return {**{f"{k}|count": v.cpu() for k, v in counter.counts.items()},
+            **{f"{k}|intsum": v.cpu() for k, v in counter.integer_sums.items()}}
 
 
 def make_client_app(setup: ClientSetup) -> ClientApp:

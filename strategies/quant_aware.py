@@ -13,8 +13,11 @@ FedOpt still tracks its moments); the mixin only adds small hooks around them:
 - :meth:`~QuantAwareMixin.round_report`: the replies, in partition order, as a
   :class:`RoundReport` handed to ``on_report``; non-finite losses or weights stop the run
   (:class:`DivergenceError`) and that round's global model is discarded;
+- :meth:`~QuantAwareMixin.freeze_oscillating`: with ``client.freeze_threshold``, pool the
+  clients' oscillation counts, freeze the weights that oscillate too often and keep them frozen
+  in the aggregate (:mod:`fedquant.federation.freezing` states the design);
 - :meth:`~QuantAwareMixin.resume_at`: start at a later round with restored server-optimizer
-  state, which is what makes checkpoint/resume exact.
+  (and freezing) state, which is what makes checkpoint/resume exact.
 """
 
 from __future__ import annotations
@@ -23,9 +26,19 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+import torch
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 
 from fedquant.federation import protocol as P
+from fedquant.federation.freezing import FreezeState
 from fedquant.federation.plan import TrainingPlan
 from fedquant.federation.reports import ClientReport, RoundReport
 
@@ -84,16 +97,26 @@ class QuantAwareMixin:
         self.node_of: dict[int, int] | None = None  # client partition -> node (deployment only)
         self.in_flight: RoundInFlight | None = None
         self._node_index: dict[int, int] = {}  # node id -> its index in the engine, from replies
+        oscillation = plan.oscillation
+        self.freeze = FreezeState(oscillation) if oscillation is not None and oscillation.freezing else None
 
     # -- resuming -----------------------------------------------------------------------------
     def resume_at(self, server_round: int, server_state: dict) -> None:
         """Continue after ``server_round`` with the optimizer state of :meth:`server_state`."""
         self.round_offset = server_round
+        server_state = dict(server_state)
+        freezing = server_state.pop("freezing", None)
+        if self.freeze is not None and freezing is not None:
+            self.freeze.load(freezing)
         import_server_state(self, server_state)
 
     def server_state(self) -> dict:
-        """Flower's server-optimizer state as tensors (for a weights-only checkpoint)."""
-        return export_server_state(self)
+        """Flower's server-optimizer state (and the freezing state) as tensors, for a
+        weights-only checkpoint."""
+        state = export_server_state(self)
+        if self.freeze is not None:
+            state["freezing"] = self.freeze.to_dict()
+        return state
 
     # -- sending ------------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays, config: ConfigRecord, grid) -> Iterable[Message]:
@@ -135,6 +158,11 @@ class QuantAwareMixin:
         shared = nodes[0].content  # Flower's one record for every node: the arrays and train config
         job.node_clients = {}
         round_config = {P.LR: self.plan.lr_schedule(r)} if self.plan.lr_schedule else {}
+        if self.plan.oscillation is not None:
+            round_config |= {P.DAMPEN: self.plan.oscillation.dampen_at(r),
+                             P.TRACK_BITS: self.plan.oscillation.ref_bits if self.freeze is not None else 0}
+        frozen = ArrayRecord({k: m.to(torch.uint8) for k, m in self.freeze.frozen.items()}) \
+            if self.freeze is not None and self.freeze.frozen else None
         out = []
         for i, client in enumerate(clients):
             node = self.node_of[client] if self.node_of else nodes[i % len(nodes)].metadata.dst_node_id
@@ -148,6 +176,8 @@ class QuantAwareMixin:
             })
             content = RecordDict({self.arrayrecord_key: shared.array_records[self.arrayrecord_key],
                                   self.configrecord_key: node_config})
+            if frozen is not None:
+                content[P.FROZEN] = frozen
             job.node_clients.setdefault(node, []).append(client)
             out.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node))
         return out
@@ -160,8 +190,11 @@ class QuantAwareMixin:
         report = RoundReport()
         good = self.retry_until_enough(self.successful_replies(replies, report), report)
         good.sort(key=lambda m: int(m.content.metric_records[P.METRICS][P.PARTITION]))
+        oscillations = pop_oscillations(good)  # before Flower's check of one ArrayRecord per reply
         self.round_report(r, good, report)
         arrays, _ = super().aggregate_train(r, good)
+        if arrays is not None and self.freeze is not None:
+            self.freeze_oscillating(arrays, *oscillations, report)
         # NaN/Inf in any reply's weights propagates into the (weighted) aggregate, so the replies
         # are only scanned, to name the clients, when the aggregate is not finite.
         if arrays is not None and not is_finite(arrays):
@@ -172,6 +205,23 @@ class QuantAwareMixin:
             self.on_report(r, report)
         return arrays, MetricRecord({P.TRAIN_LOSS: report.loss, P.NUM_EXAMPLES: sum(c.num_examples for c in report.clients),
                                      P.BITS_HIST: P.encode_bits(report.bits_used)})
+
+    def freeze_oscillating(self, arrays: ArrayRecord, counts: dict[str, torch.Tensor],
+                           integer_sums: dict[str, torch.Tensor], steps: int, report: RoundReport) -> None:
+        """Update the freezing state with the round's pooled oscillation statistics and write the
+        frozen values into ``arrays`` (and into a server optimizer's own copy of the global model,
+        FedAvgM's or FedOpt's ``current_arrays``), in place."""
+        weights = {k: torch.from_numpy(arrays[k].numpy()) for k in counts}
+        self.freeze.update(counts, integer_sums, steps, weights)
+        targets = [arrays] + [a for a in [getattr(self, "current_arrays", None)] if isinstance(a, ArrayRecord)]
+        for target in targets:
+            current = {k: torch.from_numpy(target[k].numpy()) for k in self.freeze.frozen}
+            for name, value in self.freeze.enforce(current).items():
+                target[name] = Array(value.numpy())
+        frequency = self.freeze.frequency
+        entries = sum(f.numel() for f in frequency.values())
+        report.oscillation_rate = sum(float(f.sum()) for f in frequency.values()) / entries if entries else 0.0
+        report.frozen_share = self.freeze.frozen_share()
 
     def successful_replies(self, replies: Iterable[Message], report: RoundReport) -> list[Message]:
         """The replies without an error; each failure is added to ``report`` by client id."""
@@ -220,3 +270,23 @@ class QuantAwareMixin:
             report.clients.append(ClientReport(client, self.plan.profile_name(client), int(m[P.NUM_EXAMPLES]),
                                                float(m[P.TRAIN_LOSS]), P.decode_bits(m[P.BITS_HIST]),
                                                float(m[P.TRAIN_SECONDS]), float(m[P.TRAIN_CPU_SECONDS])))
+
+
+def pop_oscillations(replies: list[Message]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
+    """Remove each reply's oscillation record and return the counts and integer sums summed over
+    the replies (by weight name) and the summed number of counted steps."""
+    counts: dict[str, torch.Tensor] = {}
+    sums: dict[str, torch.Tensor] = {}
+    steps = 0
+    for reply in replies:
+        if P.OSCILLATIONS not in reply.content.array_records:
+            continue
+        record = reply.content.array_records[P.OSCILLATIONS]
+        del reply.content[P.OSCILLATIONS]
+        steps += int(reply.content.metric_records[P.METRICS][P.TRACKED_STEPS])
+        for key, array in record.items():
+            name, kind = key.rsplit("|", 1)
+            target = counts if kind == "count" else sums
+            value = torch.from_numpy(array.numpy()).double()
+            target[name] = target[name] + value if name in target else value
+    return counts, sums, steps

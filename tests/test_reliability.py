@@ -149,9 +149,10 @@ def test_sigkill_mid_round_then_resume_matches_uninterrupted(tmp_path):
 def test_extending_a_finished_run_equals_the_longer_run(tmp_path):
     """``resume_from=<finished run> num_rounds=<more>`` gives what ``num_rounds=<more>`` gives from
     the start (how docs/results.md continued the study's Dirichlet runs), with a learning-rate
-    schedule over rounds and an averaged global model (whose state is checkpointed); the plain
-    case is the SIGKILL test's."""
-    schedules = ("client.lr_schedule=step", "client.lr_step_rounds=2", "eval.average=ema", "eval.ema_decay=0.5")
+    schedule over rounds, an averaged global model and weight freezing (whose states are
+    checkpointed); the plain case is the SIGKILL test's. Frozen weights stay frozen over rounds."""
+    schedules = ("client.lr_schedule=step", "client.lr_step_rounds=2", "eval.average=ema", "eval.ema_decay=0.5",
+                 "client.freeze_threshold=0.001")
     common = (*TINY, "eval.every=2", "eval.settings=[fp,w2a2]", *schedules)
     longer = run_experiment(make_config(*common, "num_rounds=3"), tmp_path / "longer")
     run_experiment(make_config(*common, "num_rounds=2"), tmp_path / "short")
@@ -161,6 +162,16 @@ def test_extending_a_finished_run_equals_the_longer_run(tmp_path):
     assert extended["final"] == longer["final"]
     assert [r.get("eval") for r in extended["rounds"]] == [r.get("eval") for r in longer["rounds"]]
     assert [strip_seconds(r) for r in extended["rounds"]] == [strip_seconds(r) for r in longer["rounds"]]
+    payloads = [load_checkpoint(tmp_path / "longer" / f"checkpoint_r{r:05d}.pt") for r in (1, 2, 3)]
+    resumed_final = load_checkpoint(tmp_path / "extended" / "checkpoint_r00003.pt")
+    frozen = [p["server_state"]["freezing"]["frozen"] for p in payloads]
+    assert set(frozen[0]) == {"3.weight"}  # the MLP's one unpinned layer
+    first = frozen[0]["3.weight"]
+    assert 0 < int(first.sum()) < int(frozen[-1]["3.weight"].sum())  # some froze in round 1, more later
+    for p in payloads[1:] + [resumed_final]:
+        assert bool(p["server_state"]["freezing"]["frozen"]["3.weight"][first].all())  # frozen for good
+        assert torch.equal(p["arrays"]["3.weight"][first], payloads[0]["arrays"]["3.weight"][first])
+    assert torch.equal(resumed_final["arrays"]["3.weight"], payloads[-1]["arrays"]["3.weight"])
 
 
 def test_resume_true_finds_the_newest_checkpoint_of_another_run(tmp_path):

@@ -219,6 +219,13 @@ def validate(cfg: Mapping, servers: Mapping[str, Collection[str]]) -> None:
     _float(cfg, "client.reg_weight", 0.0)
     _float(cfg, "client.distill_weight", 0.0)
     _float(cfg, "client.distill_temperature", 0.0, lo_open=True)
+    dampen = _float(cfg, "client.dampen_weight", 0.0)
+    threshold = _float(cfg, "client.freeze_threshold", 0.0, 1.0)
+    _float(cfg, "client.freeze_momentum", 0.0, 1.0, lo_open=True)
+    if (dampen or threshold) and (_get(cfg, "strategy.name") != "qafedavg" or all(w is None for w, _ in bits)):
+        key = "client.dampen_weight" if dampen else "client.freeze_threshold"
+        raise ConfigError(f"{key}={dampen or threshold} needs quantization-aware training: use strategy=qafedavg "
+                          f"with a quantized setting in strategy.bits, or set {key}=0")
 
     settings = _wrap("eval.settings", parse_settings, _need(cfg, "eval.settings"), "eval.settings")
     _int(cfg, "eval.every", 1)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..federation.bitwidths import Setting, parse_settings
+from ..federation.freezing import OscillationPlan
 from ..federation.plan import TrainingPlan
 from ..federation.profiles import profiles_from_config, with_profile_settings
 from ..federation.schedule import LRSchedule
@@ -40,11 +41,23 @@ def training_plan(cfg: Mapping) -> TrainingPlan:
         schedule = LRSchedule(client["lr_schedule"], float(client["lr"]), cfg["num_rounds"],
                               float(client.get("lr_min_factor", 0.0)), int(client.get("lr_step_rounds", 10)),
                               float(client.get("lr_gamma", 0.1)))
-    return TrainingPlan(strat["name"], strat["sampling"], parse_settings(strat["bits"], "strategy.bits"),
-                        cfg["num_clients"], cfg["clients_per_round"], cfg["seed"],
+    bits = parse_settings(strat["bits"], "strategy.bits")
+    return TrainingPlan(strat["name"], strat["sampling"], bits, cfg["num_clients"], cfg["clients_per_round"], cfg["seed"],
                         profiles_from_config(strat["profiles"]),
                         failure_rate=faults["client_failure_rate"], nan_rate=faults["nan_client_rate"],
-                        lr_schedule=schedule)
+                        lr_schedule=schedule, oscillation=oscillation_plan(cfg, bits))
+
+
+def oscillation_plan(cfg: Mapping, bits: list[Setting]) -> OscillationPlan | None:
+    """Oscillation dampening / weight freezing (``client.dampen_weight``, ``client.freeze_*``),
+    counted on the grid of the lowest weight bit-width in ``bits``; None when both are off."""
+    client, quant = cfg["client"], cfg["quantization"]
+    dampen, threshold = float(client.get("dampen_weight", 0.0)), float(client.get("freeze_threshold", 0.0))
+    if not (dampen or threshold):
+        return None
+    ref_bits = min(w for w, _ in bits if w is not None)
+    return OscillationPlan(dampen, threshold, float(client.get("freeze_momentum", 0.5)), ref_bits, cfg["num_rounds"],
+                           bool(quant.get("narrow_range", True)), quant.get("weight_granularity", "per_channel") == "per_channel")
 
 
 def evaluation_settings(cfg: Mapping, names=None, key: str = "eval.settings") -> list[Setting]:

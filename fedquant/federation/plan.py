@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ..streams import Stream, stream_rng
 from .bitwidths import FLOAT, BitSampler, Setting, encode
+from .freezing import OscillationPlan
 from .profiles import Profile, assign_profiles
 from .schedule import LRSchedule
 
@@ -37,6 +38,7 @@ class TrainingPlan:
     failure_rate: float = 0.0  # simulation-only fault injection: share of sampled clients that raise
     nan_rate: float = 0.0  # simulation-only: share of sampled clients that reply with NaN weights
     lr_schedule: LRSchedule | None = None  # the client learning rate per round (None: the config's)
+    oscillation: OscillationPlan | None = None  # oscillation dampening / weight freezing (None: off)
 
     def __post_init__(self) -> None:
         self.profile_of = assign_profiles(self.profiles, self.num_clients, self.seed) if self.profiles else None

@@ -30,6 +30,10 @@ TRAIN_KEYS = {
     "distill-weight": ("distill_weight", "distill_weight", float),
     "distill-temperature": ("distill_temperature", "distill_temperature", float),
 }
+DAMPEN = "dampen-weight"  # the round's oscillation-dampening weight (annealed by the server)
+TRACK_BITS = "track-bits"  # count weight oscillations on this bit-width's grid (0: do not count)
+FROZEN = "frozen"  # ArrayRecord sent with the model: uint8 masks of the frozen weight entries
+OSCILLATIONS = "oscillations"  # ArrayRecord in the reply: "<weight>|count" and "<weight>|intsum"
 AUGMENT = "augment"  # bool: the dataset's training augmentation (dataset.augment)
 INJECT_FAILURE = "inject-failure"  # simulation-only fault injection: the client raises
 INJECT_NAN = "inject-nan"  # simulation-only fault injection: the client replies with NaN weights
@@ -40,6 +44,7 @@ TRAIN_LOSS = "train-loss"
 BITS_HIST = "bits-hist"  # list[int]: steps per (weight, act) setting, see encode_bits
 TRAIN_SECONDS = "train-seconds"  # wall time of the client's local training
 TRAIN_CPU_SECONDS = "train-cpu-seconds"  # CPU time of the worker thread during it
+TRACKED_STEPS = "tracked-steps"  # local steps the oscillation counts cover (0: not counted)
 NODE_INDEX = "node-index"  # the virtual node's index in the simulation engine (-1: unknown)
 
 _SIDE = MAX_BITS + 1  # index 0 = float, 2..16 = bits (1 unused)
@@ -76,6 +81,8 @@ def train_fields(record) -> dict:
     fields = {field: kind(record[key]) for key, (_, field, kind) in TRAIN_KEYS.items()}
     fields["proximal_mu"] = float(record.get(PROXIMAL_MU, 0.0))
     fields["augment"] = bool(record.get(AUGMENT, False))
+    fields["dampen_weight"] = float(record.get(DAMPEN, 0.0))
+    fields["track_bits"] = int(record.get(TRACK_BITS, 0)) or None
     return fields
 
 

@@ -25,6 +25,8 @@ class RoundReport:
     clients: list[ClientReport] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # "client <id>: <reason>"
     retries: int = 0
+    oscillation_rate: float | None = None  # with weight freezing: mean pooled oscillation frequency EMA
+    frozen_share: float | None = None  # with weight freezing: share of tracked weight entries frozen
 
     @property
     def loss(self) -> float | None:
@@ -45,11 +47,14 @@ class RoundReport:
         """The round's train entry in results.json."""
         return {"loss": self.loss, "bits_used": self.bits_used, "failures": len(self.failures),
                 "failure_reasons": self.failures, "retries": self.retries,
-                "clients": [vars(c) for c in self.clients]}
+                "clients": [vars(c) for c in self.clients]} \
+            | ({"oscillation_rate": self.oscillation_rate, "frozen_share": self.frozen_share}
+               if self.frozen_share is not None else {})
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> RoundReport:
-        return cls([ClientReport(**c) for c in d["clients"]], list(d["failures"]), int(d.get("retries", 0)))
+        return cls([ClientReport(**c) for c in d["clients"]], list(d["failures"]), int(d.get("retries", 0)),
+                   d.get("oscillation_rate"), d.get("frozen_share"))

@@ -18,6 +18,7 @@ from ..data import Dataset
 from ..data.augment import random_crop_flip
 from ..federation.bitwidths import FLOAT, Setting, setting_name
 from ..quant import gradient_l1_loss, kurtosis_loss, set_bitwidth
+from ..quant.oscillation import FrozenWeights, OscillationCounter, dampening_loss, tracked_layers
 from .batches import memory_format_for, to_input
 
 REGULARIZERS = ("none", "kure", "gradl1")
@@ -38,6 +39,8 @@ class TrainConfig:
     distill_weight: float = 0.0  # in-place distillation from the float forward of the same batch
     distill_temperature: float = 2.0
     augment: bool = False  # random crop (4-pixel padding) and horizontal flip of every image batch
+    dampen_weight: float = 0.0  # oscillation dampening (this round's lambda)
+    track_bits: int | None = None  # count weight oscillations on this grid (None: do not count)
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -77,11 +80,12 @@ class TrainResult:
     loss: float  # mean task loss (cross-entropy) over all local steps
     steps: int
     bits_used: Counter  # setting name -> number of steps trained at it
+    oscillations: OscillationCounter | None = None  # with ``track_bits``: the counts over ``steps``
 
 
 def train_local(model: nn.Module, data: Dataset, indices: torch.Tensor, cfg: TrainConfig,
                 next_setting: Callable[[], Setting], seed: int,
-                device: torch.device | str = "cpu") -> TrainResult:
+                device: torch.device | str = "cpu", frozen: dict[str, torch.Tensor] | None = None) -> TrainResult:
     """Train ``model`` in place on ``data.train_x[indices]``.
 
     ``next_setting`` is called before every step to get the (weight, act) bits of that step
@@ -92,7 +96,10 @@ def train_local(model: nn.Module, data: Dataset, indices: torch.Tensor, cfg: Tra
     ``distill_weight * T^2 * KL(softmax(z_fp / T) || softmax(z_q / T))``, ``z_fp`` the same
     model's float logits on the same batch (one extra forward, no gradient, BatchNorm statistics
     untouched). ``augment``: the CIFAR recipe (:func:`fedquant.data.augment.random_crop_flip`),
-    seeded by ``seed + 1``.
+    seeded by ``seed + 1``. Oscillations (:mod:`fedquant.quant.oscillation`): ``dampen_weight``
+    adds ``lambda * sum_w (sg(q(w)) - clip(w, s n, s p))^2`` over the unpinned layers at the step's
+    weight grid; ``track_bits`` counts every weight's oscillations on that grid after each step;
+    ``frozen`` (bool masks by weight name) keeps those entries at their loaded values.
     """
     x_all, y_all = data.train_x[indices], data.train_y[indices]
     n = len(indices)
@@ -103,6 +110,9 @@ def train_local(model: nn.Module, data: Dataset, indices: torch.Tensor, cfg: Tra
     gen = torch.Generator().manual_seed(seed)
     augment_gen = torch.Generator().manual_seed(seed + 1)  # its own stream: batch order unchanged
     bns = batchnorms(model) if cfg.distill_weight else None
+    layers = tracked_layers(model) if cfg.dampen_weight or cfg.track_bits else {}
+    counter = OscillationCounter(layers, cfg.track_bits) if cfg.track_bits and layers else None
+    keep = FrozenWeights(model, frozen) if frozen else None
     steps_at: Counter = Counter()  # setting -> steps
     current = None
     loss_sum = torch.zeros((), device=device)
@@ -130,13 +140,21 @@ def train_local(model: nn.Module, data: Dataset, indices: torch.Tensor, cfg: Tra
                 loss = loss + cfg.reg_weight * kurtosis_loss(model)
             elif cfg.regularizer == "gradl1" and cfg.reg_weight:
                 loss = loss + cfg.reg_weight * gradient_l1_loss(task, model)
+            if cfg.dampen_weight and setting != FLOAT:
+                damp = dampening_loss(layers)
+                if damp is not None:
+                    loss = loss + cfg.dampen_weight * damp
             if anchor is not None:
                 prox = sum((p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
                 loss = loss + 0.5 * cfg.proximal_mu * prox
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if keep is not None:
+                keep.restore()
+            if counter is not None:
+                counter.update()
             loss_sum += task.detach()
             steps += 1
     bits_used = Counter({setting_name(s): k for s, k in steps_at.items()})
-    return TrainResult(n, float(loss_sum) / max(steps, 1), steps, bits_used)
+    return TrainResult(n, float(loss_sum) / max(steps, 1), steps, bits_used, counter)

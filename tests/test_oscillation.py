@@ -1,0 +1,129 @@
+"""Oscillation dampening and iterative weight freezing (Nagel et al. 2022), client and server side."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fedquant.federation.freezing import FreezeState, OscillationPlan
+from fedquant.quant import QuantConfig, quantize_model
+from fedquant.quant.oscillation import (
+    FrozenWeights,
+    OscillationCounter,
+    dampening_loss,
+    integer_weights,
+    tracked_layers,
+)
+
+
+def one_weight_layer(w: float) -> nn.Module:
+    """``y = q(w) x_0 + q(1) x_1`` at 2 bits (narrow grid {-1, 0, 1}, scale 1 from the fixed 1.0)."""
+    layer = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[w, 1.0]]))
+    return quantize_model(layer, QuantConfig(weight_bits=2, act_bits=None))
+
+
+def train_towards(target: float, dampen: float, steps: int = 120) -> tuple[OscillationCounter, list[float]]:
+    """SGD on ``(q(w) - target)^2`` with the input (1, 0): the task's optimum lies between two grid
+    points, so under the straight-through estimator ``w`` keeps crossing the threshold 0.5."""
+    model = one_weight_layer(0.45)
+    layers = tracked_layers(model)
+    counter = OscillationCounter(layers, bits=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.tensor([[1.0, 0.0]])
+    history = []
+    for _ in range(steps):
+        loss = (model(x).squeeze() - target) ** 2
+        if dampen:
+            loss = loss + dampen * dampening_loss(layers)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        counter.update()
+        history.append(float(counter.counts["weight"][0, 0]))
+    return counter, history
+
+
+def test_one_weight_oscillates_without_dampening_and_settles_with_it():
+    plain, plain_history = train_towards(0.6, dampen=0.0)
+    damped, damped_history = train_towards(0.6, dampen=2.0)
+    # without: w crosses 0.5 over and over (0 <-> 1), an oscillation on most pairs of steps
+    assert plain_history[-1] - plain_history[59] >= 20
+    assert plain.counts["weight"][0, 1] == 0  # the fixed weight never moves
+    # with: the pull towards the bin centre, 2 lambda (w - q), against the task's 2 (q - 0.6),
+    # holds w inside the bin of 0 at the fixed point w = 0.6 / lambda = 0.3: no oscillation later on
+    assert damped_history[-1] - damped_history[59] == 0
+    assert damped.layers["weight"].weight[0, 0].item() == pytest.approx(0.3, abs=1e-3)
+
+
+def test_counter_counts_only_reversals_of_the_integer():
+    """Integers 0 1 0 1 1 2 1: moves +1 (first: no earlier direction), -1 (reversal), +1 (reversal),
+    none, +1 (same direction), -1 (reversal): 3 oscillations; integer sum 6 over 6 updates."""
+    model = one_weight_layer(0.0)
+    counter = OscillationCounter(tracked_layers(model), bits=3)  # grid {-3..3}, scale 1/3
+    for k in (1, 0, 1, 1, 2, 1):
+        with torch.no_grad():
+            model.weight[0, 0] = k / 3
+        counter.update()
+    assert counter.counts["weight"].tolist() == [[3.0, 0.0]]
+    assert counter.integer_sums["weight"].tolist() == [[6.0, 18.0]]
+    assert counter.steps == 6
+
+
+def test_dampening_loss_matches_its_formula():
+    torch.manual_seed(0)
+    layer = quantize_model(nn.Linear(5, 4), QuantConfig(weight_bits=3, act_bits=None))
+    w = layer.weight.detach().double().numpy()
+    s = np.abs(w).max(axis=1, keepdims=True) / 3  # per channel, grid [-3, 3]
+    expected = ((np.clip(np.round(w / s), -3, 3) * s - np.clip(w, -3 * s, 3 * s)) ** 2).sum()
+    assert dampening_loss(tracked_layers(layer)).item() == pytest.approx(expected, rel=1e-5)
+    assert torch.equal(integer_weights(layer, 3), torch.from_numpy(np.clip(np.round(w / s), -3, 3)).float())
+
+
+def test_frozen_entries_keep_their_values_through_training():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    mask = torch.zeros(3, 4, dtype=torch.bool)
+    mask[0, 1] = mask[2, 3] = True
+    before = model.weight.detach().clone()
+    keep = FrozenWeights(model, {"weight": mask})
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    for _ in range(5):
+        model(torch.randn(8, 4)).pow(2).sum().backward()
+        opt.step()
+        keep.restore()
+    assert torch.equal(model.weight[mask], before[mask])
+    assert not torch.equal(model.weight[~mask], before[~mask])
+
+
+def test_server_freezing_matches_its_formulas():
+    """Two rounds of pooled statistics, checked against the design's formulas by hand: F_1 = mu f_1,
+    F_2 = mu f_2 + (1 - mu) F_1; an entry freezes when F > f_th, at s_ref * round(sum z / sum T)."""
+    plan = OscillationPlan(0.0, freeze_threshold=0.1, freeze_momentum=0.5, ref_bits=2, num_rounds=10)
+    state = FreezeState(plan)
+    w = torch.tensor([[0.9, -0.2, 0.4, 0.1]])  # s_ref = 0.9 / 1 at 2 bits (narrow grid {-1, 0, 1})
+    counts = torch.tensor([[0.0, 3.0, 5.0, 1.0]])  # over 20 pooled steps: f_1 = 0, .15, .25, .05
+    sums = torch.tensor([[20.0, -14.0, 6.0, 2.0]])  # mean integers 1, -0.7, 0.3, 0.1
+    state.update({"w": counts}, {"w": sums}, 20, {"w": w})
+    # F_1 = 0.5 f_1 = 0, .075, .125, .025: only entry 2 passes 0.1, frozen at 0.9 * round(0.3) = 0
+    assert torch.allclose(state.frequency["w"], torch.tensor([[0.0, 0.075, 0.125, 0.025]]))
+    assert state.frozen["w"].tolist() == [[False, False, True, False]]
+    assert state.values["w"][0, 2].item() == 0.0
+    state.update({"w": torch.tensor([[0.0, 3.0, 0.0, 0.0]])}, {"w": torch.tensor([[20.0, -16.0, 0.0, 0.0]])}, 20, {"w": w})
+    # F_2 = 0.5 (0, .15, 0, 0) + 0.5 F_1 = 0, .1125, .0625, .0125: entry 1 freezes at 0.9 * round(-0.8) = -0.9
+    assert torch.allclose(state.frequency["w"], torch.tensor([[0.0, 0.1125, 0.0625, 0.0125]]))
+    assert state.frozen["w"].tolist() == [[False, True, True, False]]  # entry 2 stays frozen below f_th
+    enforced = state.enforce({"w": torch.ones(1, 4)})["w"]
+    assert torch.allclose(enforced, torch.tensor([[1.0, -0.9, 0.0, 1.0]]))
+    assert state.frozen_share() == 0.5
+
+
+def test_dampening_weight_is_cosine_annealed_from_zero():
+    plan = OscillationPlan(0.02, 0.0, 0.5, ref_bits=2, num_rounds=5)
+    assert [plan.dampen_at(r) for r in (1, 3, 5)] == pytest.approx([0.0, 0.01, 0.02])
+    assert plan.dampen_at(2) == pytest.approx(0.02 * (1 - math.cos(math.pi / 4)) / 2)
