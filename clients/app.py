@@ -20,6 +20,7 @@ from fedquant.experiment.workspace import (
 from fedquant.federation import protocol as P
 from fedquant.federation.bitwidths import parse_setting, setting_source
 from fedquant.learning.local_training import TrainConfig, train_local
+from fedquant.models.width import extract
 from fedquant.runtime.allocator import retain_freed_memory
 
 
@@ -38,14 +39,14 @@ class ClientSetup:
     retain_freed_memory: bool = True  # see fedquant.runtime.allocator
 
 
-@functools.lru_cache(maxsize=2)
-def _model(setup: ClientSetup) -> torch.nn.Module:
-    # One model object per worker process, re-loaded from the global arrays on every message.
+@functools.lru_cache(maxsize=4)
+def _model(setup: ClientSetup, width: float = 1.0) -> torch.nn.Module:
+    # One model object per worker process and width, re-loaded from the global arrays on every message.
     torch.set_num_threads(setup.threads)
     if setup.retain_freed_memory:
         retain_freed_memory()
     fed = federated_data(setup.data)
-    return build_quantized_model(setup.model, fed.data).to(select_device(setup.device))
+    return build_quantized_model(setup.model, fed.data, width=width).to(select_device(setup.device))
 
 
 def node_partition(node_config, num_clients: int) -> int:
@@ -68,7 +69,8 @@ def handle_query(partition: int, msg: Message) -> Message:
 
 def handle_train(setup: ClientSetup, msg: Message, node_index: int = -1, own_partition: int | None = None) -> Message:
     """Local training of the partition the message names (in deployment, ``own_partition``: the
-    one this node holds, which the message must name)."""
+    one this node holds, which the message must name), on the sub-model of the width it names
+    (the reply then carries the sub-model's arrays)."""
     cfg = msg.content.config_records[P.CONFIG]
     fed = federated_data(setup.data)
     client, seed = int(cfg[P.PARTITION]), int(cfg[P.SEED])
@@ -76,9 +78,13 @@ def handle_train(setup: ClientSetup, msg: Message, node_index: int = -1, own_par
         raise RuntimeError(f"client {client}: sent to the node that holds partition {own_partition}")
     if cfg.get(P.INJECT_FAILURE, False):
         raise InjectedFailure(f"client {client}: injected failure (faults.client_failure_rate)")
-    model = _model(setup)
+    width = float(cfg.get(P.WIDTH, 1.0))
+    model = _model(setup, width)
     device = next(model.parameters()).device
-    P.load_transport_state(model, msg.content.array_records[P.ARRAYS].to_torch_state_dict())
+    state = msg.content.array_records[P.ARRAYS].to_torch_state_dict()
+    if width < 1:  # HeteroFL: the first ceil(width * C) channels of every hidden layer
+        state = extract(state, P.transport_state(model))
+    P.load_transport_state(model, state)
     next_setting = setting_source(str(cfg[P.SAMPLING]), [parse_setting(s) for s in cfg[P.SETTINGS]], seed)
     frozen = None
     if P.FROZEN in msg.content.array_records:

@@ -13,6 +13,8 @@ FedOpt still tracks its moments); the mixin only adds small hooks around them:
 - :meth:`~QuantAwareMixin.round_report`: the replies, in partition order, as a
   :class:`RoundReport` handed to ``on_report``; non-finite losses or weights stop the run
   (:class:`DivergenceError`) and that round's global model is discarded;
+- :meth:`~QuantAwareMixin.fill_sub_models`: with width profiles (HeteroFL) the replies' sub-models
+  are expanded so that Flower's average becomes each entry's average over the clients holding it;
 - :meth:`~QuantAwareMixin.freeze_oscillating`: with ``client.freeze_threshold``, pool the
   clients' oscillation counts, freeze the weights that oscillate too often and keep them frozen
   in the aggregate (:mod:`fedquant.federation.freezing` states the design);
@@ -41,6 +43,7 @@ from fedquant.federation import protocol as P
 from fedquant.federation.freezing import FreezeState
 from fedquant.federation.plan import TrainingPlan
 from fedquant.federation.reports import ClientReport, RoundReport
+from fedquant.models.width import overlap_fill
 
 from .faults import DivergenceError, TooFewReplies, failure_reason, is_finite, stop_if_nonfinite
 from .server_state import export_server_state, import_server_state
@@ -169,7 +172,7 @@ class QuantAwareMixin:
             sampling, settings = self.plan.assignment(r, client)
             node_config = ConfigRecord({
                 **dict(shared.config_records[self.configrecord_key]), **round_config,
-                P.PARTITION: client, P.SAMPLING: sampling, P.SETTINGS: settings,
+                P.PARTITION: client, P.SAMPLING: sampling, P.SETTINGS: settings, P.WIDTH: self.plan.width(client),
                 P.SEED: self.plan.client_seed(r, client),
                 P.INJECT_FAILURE: self.plan.injects_failure(r, client, attempt),
                 P.INJECT_NAN: self.plan.injects_nan(r, client),
@@ -192,6 +195,8 @@ class QuantAwareMixin:
         good.sort(key=lambda m: int(m.content.metric_records[P.METRICS][P.PARTITION]))
         oscillations = pop_oscillations(good)  # before Flower's check of one ArrayRecord per reply
         self.round_report(r, good, report)
+        if self.plan.has_widths and good:
+            self.fill_sub_models(good)
         arrays, _ = super().aggregate_train(r, good)
         if arrays is not None and self.freeze is not None:
             self.freeze_oscillating(arrays, *oscillations, report)
@@ -206,6 +211,19 @@ class QuantAwareMixin:
         return arrays, MetricRecord({P.TRAIN_LOSS: report.loss, P.NUM_EXAMPLES: sum(c.num_examples for c in report.clients),
                                      P.BITS_HIST: P.encode_bits(report.bits_used)})
 
+    def fill_sub_models(self, replies: list[Message]) -> None:
+        """HeteroFL: expand every reply's sub-model arrays to the global shapes, filling the entries
+        it does not hold with their mean over the clients that do (example-weighted), so that
+        Flower's weighted average yields each entry's average over its holders (the global value
+        where nobody holds it; :func:`fedquant.models.width.overlap_fill` proves the identity).
+        For FedAvgM/FedAdam the untouched entries' pseudo-gradient is then 0, but their
+        momentum from earlier rounds still moves them."""
+        global_state = self.in_flight.arrays.to_torch_state_dict()
+        states = [(m.content.array_records[self.arrayrecord_key].to_torch_state_dict(),
+                   float(m.content.metric_records[P.METRICS][P.NUM_EXAMPLES])) for m in replies]
+        for reply, filled in zip(replies, overlap_fill(global_state, states), strict=True):
+            reply.content[self.arrayrecord_key] = ArrayRecord(filled)
+
     def freeze_oscillating(self, arrays: ArrayRecord, counts: dict[str, torch.Tensor],
                            integer_sums: dict[str, torch.Tensor], steps: int, report: RoundReport) -> None:
         """Update the freezing state with the round's pooled oscillation statistics and write the
@@ -213,11 +231,13 @@ class QuantAwareMixin:
         FedAvgM's or FedOpt's ``current_arrays``), in place."""
         weights = {k: torch.from_numpy(arrays[k].numpy()) for k in counts}
         self.freeze.update(counts, integer_sums, steps, weights)
-        targets = [arrays] + [a for a in [getattr(self, "current_arrays", None)] if isinstance(a, ArrayRecord)]
-        for target in targets:
-            current = {k: torch.from_numpy(target[k].numpy()) for k in self.freeze.frozen}
-            for name, value in self.freeze.enforce(current).items():
-                target[name] = Array(value.numpy())
+        for target in (arrays, getattr(self, "current_arrays", None)):  # FedAvgM: an ArrayRecord; FedOpt: ndarrays
+            if isinstance(target, ArrayRecord):
+                current = {k: torch.from_numpy(target[k].numpy()) for k in self.freeze.frozen}
+                target.update({k: Array(v.numpy()) for k, v in self.freeze.enforce(current).items()})
+            elif isinstance(target, dict):
+                current = {k: torch.from_numpy(target[k]) for k in self.freeze.frozen}
+                target.update({k: v.numpy() for k, v in self.freeze.enforce(current).items()})
         frequency = self.freeze.frequency
         entries = sum(f.numel() for f in frequency.values())
         report.oscillation_rate = sum(float(f.sum()) for f in frequency.values()) / entries if entries else 0.0

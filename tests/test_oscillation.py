@@ -127,3 +127,16 @@ def test_dampening_weight_is_cosine_annealed_from_zero():
     plan = OscillationPlan(0.02, 0.0, 0.5, ref_bits=2, num_rounds=5)
     assert [plan.dampen_at(r) for r in (1, 3, 5)] == pytest.approx([0.0, 0.01, 0.02])
     assert plan.dampen_at(2) == pytest.approx(0.02 * (1 - math.cos(math.pi / 4)) / 2)
+
+
+def test_frozen_weights_survive_a_server_optimizer():
+    """FedAdam's moments would move a frozen entry; the server writes the frozen values over its
+    aggregate and over FedAdam's own copy of the global model."""
+    from tests.test_strategies import run_inprocess
+
+    arrays, strategy, _ = run_inprocess("client.freeze_threshold=0.001", "num_rounds=3", server="fedadam", eta=0.05)
+    frozen, values = strategy.freeze.frozen["3.weight"], strategy.freeze.values["3.weight"]
+    assert 0 < int(frozen.sum()) < frozen.numel()
+    assert torch.equal(arrays["3.weight"][frozen], values[frozen])
+    current = torch.from_numpy(strategy.current_arrays["3.weight"])  # FedOpt's copy: ndarrays
+    assert torch.equal(current[frozen], values[frozen])

@@ -102,5 +102,6 @@ def test_every_shipped_cifar_experiment_starts_on_real_format_files(tmp_path):
     results = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("*/results.json"))]
     assert len(results) == len(experiments) >= 3
     for res in results:
-        assert set(res["final"]) == {"fp", "w4a4"} and res["config"]["dataset"]["augment"] is True
+        widths = {"fp@0.5", "fp@0.25"} if res["config"]["strategy"]["profiles"] else set()  # cifar_heterofl
+        assert set(res["final"]) == {"fp", "w4a4"} | widths and res["config"]["dataset"]["augment"] is True
         assert res["partition"] == {"sizes": [20, 20, 20, 20], "calibration": 32, "validation": 8}

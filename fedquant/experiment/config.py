@@ -15,7 +15,7 @@ from ..federation.plan import ON_TOO_FEW, STRATEGIES
 from ..federation.schedule import LR_SCHEDULES
 from ..learning.evaluation import PTQ_METHODS
 from ..learning.local_training import REGULARIZERS
-from ..models import MODELS, model_options
+from ..models import MODELS, WIDTH_MODELS, model_options
 from ..quant import QuantConfig
 from ..quant.config import ACT_RANGES, WEIGHT_RANGES
 from .averaging import AVERAGES
@@ -87,14 +87,14 @@ def _wrap(key: str, fn, *args):
 def check_profiles(cfg: Mapping, bits: list) -> None:
     profiles = _need(cfg, "strategy.profiles")
     if not isinstance(profiles, Sequence) or isinstance(profiles, str):
-        raise ConfigError(f"strategy.profiles={profiles!r} is not valid: allowed is a list of {{name, share, bits}}")
+        raise ConfigError(f"strategy.profiles={profiles!r} is not valid: allowed is a list of {{name, share, bits[, width]}}")
     if not profiles:
         return
-    names, total = set(), 0.0
+    names, total, widths = set(), 0.0, []
     for i, p in enumerate(profiles):
         key = f"strategy.profiles[{i}]"
-        if not isinstance(p, Mapping) or set(p) != {"name", "share", "bits"}:
-            raise ConfigError(f"{key}={p!r} is not valid: allowed is a mapping with exactly name, share, bits")
+        if not isinstance(p, Mapping) or not {"name", "share", "bits"} <= set(p) <= {"name", "share", "bits", "width"}:
+            raise ConfigError(f"{key}={p!r} is not valid: allowed is a mapping with name, share, bits and optionally width")
         if not isinstance(p["name"], str) or not p["name"] or p["name"] in names:
             raise ConfigError(f"{key}.name={p['name']!r} is not valid: allowed is a non-empty name not used by another profile")
         names.add(p["name"])
@@ -106,8 +106,13 @@ def check_profiles(cfg: Mapping, bits: list) -> None:
         if not isinstance(pbits, Sequence) or isinstance(pbits, str) or not pbits:
             raise ConfigError(f"{key}.bits={pbits!r} is not valid: allowed is a non-empty list of integers in 2..16")
         for b in pbits:
-            if not isinstance(b, numbers.Integral) or isinstance(b, bool) or not 2 <= b <= 16:
-                raise ConfigError(f"{key}.bits contains {b!r}: allowed are integers in 2..16")
+            if b != "fp" and (not isinstance(b, numbers.Integral) or isinstance(b, bool) or not 2 <= b <= 16):
+                raise ConfigError(f"{key}.bits contains {b!r}: allowed are integers in 2..16 and fp")
+        width = p.get("width", 1.0)
+        if not isinstance(width, numbers.Real) or isinstance(width, bool) or not 0 < width <= 1:
+            raise ConfigError(f"{key}.width={width!r} is not valid: allowed is a number > 0 and <= 1 (the share of "
+                              "every hidden layer's channels its sub-model keeps)")
+        widths.append(float(width))
         if _get(cfg, "strategy.name") == "qafedavg":
             allowed = [s for s in bits if s == FLOAT or s in [parse_setting(b) for b in pbits]]
             if not allowed:
@@ -115,7 +120,23 @@ def check_profiles(cfg: Mapping, bits: list) -> None:
                                   "allowed is a profile with at least one bit-width in strategy.bits")
     if abs(total - 1.0) > 1e-6:
         raise ConfigError(f"strategy.profiles shares sum to {total:g}: allowed is a sum of 1")
+    if min(widths) < 1:
+        check_widths(cfg)
 
+
+def check_widths(cfg: Mapping) -> None:
+    """What width profiles (HeteroFL sub-models) need: a model with a width, BatchNorm statistics
+    collected by the server (HeteroFL's static BatchNorm), no weight freezing."""
+    model = _get(cfg, "model.name")
+    if model not in WIDTH_MODELS:
+        raise ConfigError(f"strategy.profiles: a width below 1 needs a model with HeteroFL sub-models, and "
+                          f"model.name={model} has none: allowed are {', '.join(WIDTH_MODELS)}")
+    if _get(cfg, "eval.reestimate_bn") is not True:
+        raise ConfigError("eval.reestimate_bn=false is not valid with width profiles: sub-models are evaluated "
+                          "with BatchNorm statistics the server collects (HeteroFL's static BatchNorm); set it to true")
+    if _get(cfg, "client.freeze_threshold"):
+        raise ConfigError("client.freeze_threshold is not supported with width profiles (the frozen masks are "
+                          "per entry of the full model); set it to 0 or give every profile width 1")
 
 MIN_CALIBRATION = 32  # images: one batch for BatchNorm statistics and activation ranges
 

@@ -8,15 +8,17 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ..federation.bitwidths import Setting, parse_settings
+from ..federation.bitwidths import FLOAT, Setting, parse_settings
 from ..federation.freezing import OscillationPlan
 from ..federation.plan import TrainingPlan
-from ..federation.profiles import profiles_from_config, with_profile_settings
+from ..federation.profiles import profiles_from_config, width_levels, with_profile_settings
 from ..federation.schedule import LRSchedule
 from ..learning.evaluation import EvalProtocol, Evaluator
+from ..learning.width_evaluation import LevelledEvaluator
+from ..models.width import without_scalers
 from .averaging import WeightAverage
 from .rounds import Schedule
-from .workspace import DataSpec, FederatedData, ModelSpec
+from .workspace import DataSpec, FederatedData, ModelSpec, build_quantized_model
 
 
 def _partition_params(part: Mapping) -> tuple:
@@ -61,10 +63,11 @@ def oscillation_plan(cfg: Mapping, bits: list[Setting]) -> OscillationPlan | Non
 
 
 def evaluation_settings(cfg: Mapping, names=None, key: str = "eval.settings") -> list[Setting]:
-    """The settings the server tests: ``names`` (default ``eval.settings``) plus every device
-    profile's deployment settings."""
+    """The settings the server tests the full model at: ``names`` (default ``eval.settings``) plus
+    the deployment settings of every device profile that holds the full model (those of narrower
+    profiles are tested on their sub-models, see :func:`build_evaluator`)."""
     settings = parse_settings(cfg["eval"]["settings"] if names is None else names, key)
-    return with_profile_settings(settings, profiles_from_config(cfg["strategy"]["profiles"]))
+    return with_profile_settings(settings, [p for p in profiles_from_config(cfg["strategy"]["profiles"]) if p.width == 1])
 
 
 def eval_protocol(cfg: Mapping, **overrides) -> EvalProtocol:
@@ -76,11 +79,24 @@ def eval_protocol(cfg: Mapping, **overrides) -> EvalProtocol:
 
 
 def build_evaluator(cfg: Mapping, model: nn.Module, fed: FederatedData, settings: list[Setting],
-                    device: torch.device | str = "cpu", **overrides) -> Evaluator:
+                    device: torch.device | str = "cpu", **overrides) -> Evaluator | LevelledEvaluator:
     """The server's evaluator for ``model`` with the ``eval`` options of ``cfg`` (``overrides``
-    as in :func:`eval_protocol`)."""
-    return Evaluator(model, fed.data, fed.calibration, fed.validation, settings, eval_protocol(cfg, **overrides),
-                     cfg["eval"]["batch_size"], device)
+    as in :func:`eval_protocol`); with width profiles it also tests each width level's sub-model
+    (at fp and its profiles' settings, see :mod:`fedquant.learning.width_evaluation`)."""
+    protocol = eval_protocol(cfg, **overrides)
+
+    def evaluator(m: nn.Module, at: list[Setting]) -> Evaluator:
+        return Evaluator(m, fed.data, fed.calibration, fed.validation, at, protocol, cfg["eval"]["batch_size"], device)
+
+    full = evaluator(model, settings)
+    levels = width_levels(profiles_from_config(cfg["strategy"]["profiles"]))
+    if not levels:
+        return full
+    _, spec = experiment_specs(cfg)
+    return LevelledEvaluator(full, {
+        width: evaluator(without_scalers(build_quantized_model(spec, fed.data, cfg["seed"], width)),
+                         [FLOAT] + [s for s in at if s != FLOAT])
+        for width, at in sorted(levels.items(), reverse=True)})
 
 
 def round_schedule(cfg: Mapping) -> Schedule:

@@ -68,13 +68,14 @@ def federated_data(spec: DataSpec) -> FederatedData:
                          [torch.from_numpy(rest[p]) for p in parts])
 
 
-def build_quantized_model(spec: ModelSpec, data: Dataset, seed: int = 0) -> nn.Module:
-    """The experiment's model, wrapped with quantizers and set to float; its initial weights
-    depend only on ``seed`` (the global torch RNG is left untouched)."""
+def build_quantized_model(spec: ModelSpec, data: Dataset, seed: int = 0, width: float = 1.0) -> nn.Module:
+    """The experiment's model (its HeteroFL sub-model of ``width`` below 1), wrapped with
+    quantizers and set to float; its initial weights depend only on ``seed`` (the global torch
+    RNG is left untouched)."""
     config = QuantConfig(**dict(spec.quant), weight_bits=None, act_bits=None)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return quantize_model(build_model(spec.name, data, **dict(spec.options)), config)
+        return quantize_model(build_model(spec.name, data, width=width, **dict(spec.options)), config)
 
 
 def select_device(preference: str = "auto") -> torch.device:

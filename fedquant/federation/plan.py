@@ -51,6 +51,14 @@ class TrainingPlan:
         profile = self.profiles[self.profile_of[client]].settings
         return [s for s in self.bits if s in profile or s == FLOAT]
 
+    def width(self, client: int) -> float:
+        """The width of the sub-model client ``client`` trains (its profile's; 1: the full model)."""
+        return 1.0 if self.profile_of is None else self.profiles[self.profile_of[client]].width
+
+    @property
+    def has_widths(self) -> bool:
+        return any(p.width < 1 for p in self.profiles)
+
     def profile_name(self, client: int) -> str | None:
         return None if self.profile_of is None else self.profiles[self.profile_of[client]].name
 

@@ -1,4 +1,6 @@
-"""Device profiles: classes of devices, the share of clients that have each, the bit-widths it runs."""
+"""Device profiles: classes of devices, the share of clients that have each, the bit-widths it
+runs and the width of the model it holds (HeteroFL's capacity ratio, see
+:mod:`fedquant.models.width`)."""
 
 from __future__ import annotations
 
@@ -13,11 +15,13 @@ from .bitwidths import Setting, parse_setting, setting_name
 
 @dataclass(frozen=True)
 class Profile:
-    """A device class: its name, the share of clients that have it, the bit-widths it runs."""
+    """A device class: its name, the share of clients that have it, the bit-widths it runs (ints,
+    or ``"fp"`` for float) and the width ``r`` of its sub-model (1: the full model)."""
 
     name: str
     share: float
-    bits: tuple[int, ...]
+    bits: tuple[int | str, ...]
+    width: float = 1.0
 
     @property
     def settings(self) -> list[Setting]:
@@ -25,8 +29,24 @@ class Profile:
 
 
 def profiles_from_config(entries: Sequence[Mapping]) -> list[Profile]:
-    """``strategy.profiles`` entries (``{name, share, bits}``) as :class:`Profile` objects."""
-    return [Profile(p["name"], float(p["share"]), tuple(p["bits"])) for p in entries]
+    """``strategy.profiles`` entries (``{name, share, bits[, width]}``) as :class:`Profile` objects."""
+    return [Profile(p["name"], float(p["share"]), tuple(p["bits"]), float(p.get("width", 1.0))) for p in entries]
+
+
+def at_width(name: str, width: float) -> str:
+    """The name of a setting evaluated on the sub-model of ``width``: ``w2a2@0.25`` (the setting's
+    own name at width 1)."""
+    return name if width == 1 else f"{name}@{width:g}"
+
+
+def width_levels(profiles: list[Profile]) -> dict[float, list[Setting]]:
+    """The widths below 1 that profiles hold, each with the settings its profiles deploy."""
+    levels: dict[float, list[Setting]] = {}
+    for p in profiles:
+        if p.width < 1:
+            levels.setdefault(p.width, [])
+            levels[p.width] += [s for s in p.settings if s not in levels[p.width]]
+    return levels
 
 
 def assign_profiles(profiles: list[Profile], num_clients: int, seed: int) -> list[int]:
@@ -45,5 +65,6 @@ def with_profile_settings(settings: list[Setting], profiles: list[Profile]) -> l
 
 
 def per_profile(profiles: list[Profile], accuracy: Mapping[str, float]) -> dict[str, dict[str, float]]:
-    """Accuracy at each profile's deployment settings."""
-    return {p.name: {setting_name(s): accuracy[setting_name(s)] for s in p.settings} for p in profiles}
+    """Accuracy at each profile's deployment settings (on its sub-model when its width is below 1)."""
+    return {p.name: {setting_name(s): accuracy[at_width(setting_name(s), p.width)] for s in p.settings}
+            for p in profiles}

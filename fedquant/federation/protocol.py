@@ -18,6 +18,7 @@ METRICS = "metrics"
 PARTITION = "data-partition"  # our client partition (Flower's node_config "partition-id" is the node's index)
 SETTINGS = "settings"  # list[str]: the settings to train at (sampled per step or fixed)
 SAMPLING = "sampling"  # per_step | per_round | fixed
+WIDTH = "width"  # the client's sub-model width (HeteroFL); its arrays travel cut to that width
 SEED = "seed"
 PROXIMAL_MU = "proximal-mu"  # set by Flower's FedProx
 # shared train config: ConfigRecord key <- (config key under `client`, TrainConfig field, type)
