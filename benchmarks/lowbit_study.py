@@ -1,4 +1,5 @@
-"""The low-bit study (issue 18): every arm x seed as one fedquant run, one at a time, resumable.
+"""The low-bit study (issue 18) and the equal-memory study (issue 21): every arm x seed as one
+fedquant run, one at a time, resumable.
 
 ``python -m benchmarks.lowbit_study --root multirun/lowbit --arms fedavg qafedavg --seeds 0 1 2``
 
@@ -21,6 +22,10 @@ from pathlib import Path
 # experiments' defaults), 80 rounds, evaluated and checkpointed every 5 (the last three kept)
 COMMON = ("num_rounds=80", "eval.every=5", "checkpoint.every=5", "checkpoint.keep=3", "quiet=true")
 
+def _profiles(weak: str) -> str:
+    return f"strategy.profiles=[{{name: strong, share: 0.5, bits: [fp]}}, {{name: weak, share: 0.5, bits: {weak}}}]"
+
+
 ARMS: dict[str, tuple[str, ...]] = {
     "fedavg": ("+experiment=fmnist_fedavg",),
     "fedavg_kure": ("+experiment=fmnist_fedavg_kure",),
@@ -31,6 +36,12 @@ ARMS: dict[str, tuple[str, ...]] = {
     "qafedavg_dampen": ("+experiment=fmnist_qafedavg", "client.dampen_weight=0.02"),
     "qafedavg_freeze": ("+experiment=fmnist_qafedavg", "client.freeze_threshold=0.02"),
     "qafedavg_profiles": ("+experiment=fmnist_qafedavg_profiles",),
+    # equal memory: half the clients hold the float model ("strong"); the other half ("weak") have
+    # 1/16 of its bytes: HeteroFL's width-0.25 float sub-model, the full model at W2A2, or the
+    # width-0.5 sub-model at W8A8 (first/last layers at 8 bits throughout)
+    "memory_heterofl_w025": ("+experiment=fmnist_fedavg", _profiles("[fp], width: 0.25")),
+    "memory_qafedavg_w2a2": ("+experiment=fmnist_qafedavg", "strategy.bits=[fp,2]", _profiles("[2]")),
+    "memory_mix_w05_w8a8": ("+experiment=fmnist_qafedavg", "strategy.bits=[fp,8]", _profiles("[8], width: 0.5")),
 }
 
 
