@@ -31,6 +31,7 @@ ARMS: dict[str, tuple[str, ...]] = {
     "fedavg_kure": ("+experiment=fmnist_fedavg_kure",),
     "qafedavg": ("+experiment=fmnist_qafedavg",),
     "qafedavg_per_round": ("+experiment=fmnist_qafedavg_per_round",),
+    "qafedavg_kure": ("+experiment=fmnist_qafedavg", "client.regularizer=kure", "client.reg_weight=1.0"),
     "qafedavg_cosine": ("+experiment=fmnist_qafedavg", "client.lr_schedule=cosine"),
     "qafedavg_distill": ("+experiment=fmnist_qafedavg", "client.distill_weight=1.0"),
     "qafedavg_dampen": ("+experiment=fmnist_qafedavg", "client.dampen_weight=0.02"),

@@ -140,3 +140,35 @@ def test_frozen_weights_survive_a_server_optimizer():
     assert torch.equal(arrays["3.weight"][frozen], values[frozen])
     current = torch.from_numpy(strategy.current_arrays["3.weight"])  # FedOpt's copy: ndarrays
     assert torch.equal(current[frozen], values[frozen])
+
+
+def test_one_weight_stops_oscillating_once_the_server_freezes_it():
+    """The synthetic case again, federated: a client counts 40 steps, the server pools the counts
+    and freezes the weight at its most frequent integer times s_ref; training it further with
+    the frozen mask moves nothing and counts no oscillation."""
+    model = one_weight_layer(0.45)
+    layers = tracked_layers(model)
+    x, opt = torch.tensor([[1.0, 0.0]]), torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def train(steps: int, keep: FrozenWeights | None = None) -> OscillationCounter:
+        counter = OscillationCounter(layers, bits=2)
+        for _ in range(steps):
+            opt.zero_grad()
+            ((model(x).squeeze() - 0.6) ** 2).backward()
+            opt.step()
+            if keep is not None:
+                keep.restore()
+            counter.update()
+        return counter
+
+    first = train(40)
+    assert first.counts["weight"][0, 0] >= 10
+    state = FreezeState(OscillationPlan(0.0, freeze_threshold=0.1, freeze_momentum=1.0, ref_bits=2, num_rounds=2))
+    state.update(first.counts, first.integer_sums, first.steps, {"weight": model.weight.detach().clone()})
+    assert state.frozen["weight"].tolist() == [[True, False]]
+    with torch.no_grad():  # the next round's global model carries the frozen value
+        model.weight.copy_(state.enforce({"weight": model.weight.detach()})["weight"])
+    frozen_value = model.weight[0, 0].item()
+    assert frozen_value in (0.0, 1.0)  # a bin centre: s_ref = 1 at 2 bits
+    second = train(60, FrozenWeights(model, state.frozen))
+    assert second.counts["weight"].sum() == 0 and model.weight[0, 0].item() == frozen_value
