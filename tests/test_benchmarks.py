@@ -45,6 +45,7 @@ def test_ptq_cost_runs():
     assert re.search(r"^\s+w4a4\s+\d+\.\d\d\s+\d+\.\d\d\s+\d+\.\d$", out, re.M)
 
 
-def test_distill_cost_runs():
-    out = bench("benchmarks.distill_cost", "--tiny", "--rounds", "1", "--images", "64")
-    assert re.search(r"with in-place distillation \d+\.\d\d ms; ratio \d+\.\d\d", out)
+def test_client_options_cost_runs():
+    out = bench("benchmarks.client_options_cost", "--tiny", "--rounds", "1", "--images", "64")
+    for option in ("in-place distillation", r"oscillation dampening", r"oscillation counting \(freezing\)"):
+        assert re.search(rf"with {option}: \d+\.\d\d ms; ratio \d+\.\d\d", out), out
