@@ -54,3 +54,17 @@ def recording_strategy(server, plan, **kwargs):
 def train_config(cfg) -> ConfigRecord:
     """The shared training ConfigRecord the app sends, from a composed config."""
     return ConfigRecord(train_record(cfg["client"], cfg["dataset"]["augment"]))
+
+
+def run_experiment_inprocess(cfg, output_dir) -> dict:
+    """:func:`fedquant.app.run_experiment` on an :class:`InProcessGrid` instead of Flower's
+    simulation engine: the same Experiment (rounds, evaluation, checkpoints, resume, results),
+    without starting Ray (for tests that check results, not the engine)."""
+    from fedquant.app import Experiment, client_setup
+
+    experiment = Experiment(cfg, output_dir)
+    try:
+        experiment.serve(InProcessGrid(client_setup(cfg), cfg["clients_per_round"]))
+        return experiment.finish(0.0)
+    finally:
+        experiment.close()

@@ -8,7 +8,6 @@ import torch
 from flwr.app import ArrayRecord
 
 from clients import handle_train
-from fedquant.app import run_experiment
 from fedquant.experiment.specs import build_evaluator, evaluation_settings, experiment_specs
 from fedquant.experiment.workspace import build_quantized_model, federated_data
 from fedquant.federation import protocol as P
@@ -17,6 +16,7 @@ from fedquant.learning.evaluation import Evaluator, model_bytes
 from fedquant.models.width import extract, overlap_average, without_scalers
 from fedquant.runtime.checkpoint import load_checkpoint
 from tests.helpers import TINY, make_config
+from tests.inprocess import run_experiment_inprocess
 from tests.test_strategies import run_inprocess, setup_and_plan, without_seconds
 
 PROFILES = "strategy.profiles=[{name: big, share: 0.5, bits: [fp]}, {name: small, share: 0.5, bits: [fp]%s}]"
@@ -58,7 +58,7 @@ def width_and_bits_run(tmp_path_factory):
     profiles = ("strategy.profiles=[{name: npu, share: 0.5, bits: [8]}, "
                 "{name: mcu, share: 0.5, bits: [2, 4], width: 0.5}]")
     cfg = make_config(*TINY, profiles, "eval.settings=[fp,w8a8]", "checkpoint.every=1")
-    return cfg, run_experiment(cfg, out), out
+    return cfg, run_experiment_inprocess(cfg, out), out
 
 
 def test_width_and_bits_train_and_deploy_together(width_and_bits_run):

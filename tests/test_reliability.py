@@ -20,7 +20,12 @@ from fedquant.federation import protocol as P
 from fedquant.runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from strategies import DivergenceError, TooFewReplies
 from tests.helpers import TINY, make_config, strip_seconds
-from tests.inprocess import InProcessGrid, recording_strategy, train_config
+from tests.inprocess import (
+    InProcessGrid,
+    recording_strategy,
+    run_experiment_inprocess,
+    train_config,
+)
 from tests.test_strategies import setup_and_plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,10 +159,10 @@ def test_extending_a_finished_run_equals_the_longer_run(tmp_path):
     schedules = ("client.lr_schedule=step", "client.lr_step_rounds=2", "eval.average=ema", "eval.ema_decay=0.5",
                  "client.freeze_threshold=0.001")
     common = (*TINY, "eval.every=2", "eval.settings=[fp,w2a2]", *schedules)
-    longer = run_experiment(make_config(*common, "num_rounds=3"), tmp_path / "longer")
-    run_experiment(make_config(*common, "num_rounds=2"), tmp_path / "short")
-    extended = run_experiment(make_config(*common, "num_rounds=3", f"resume_from={tmp_path / 'short'}"),
-                              tmp_path / "extended")
+    longer = run_experiment_inprocess(make_config(*common, "num_rounds=3"), tmp_path / "longer")
+    run_experiment_inprocess(make_config(*common, "num_rounds=2"), tmp_path / "short")
+    extended = run_experiment_inprocess(make_config(*common, "num_rounds=3", f"resume_from={tmp_path / 'short'}"),
+                                        tmp_path / "extended")
     assert extended["resumed_from"]["round"] == 2
     assert extended["final"] == longer["final"]
     assert [r.get("eval") for r in extended["rounds"]] == [r.get("eval") for r in longer["rounds"]]
