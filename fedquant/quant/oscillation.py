@@ -89,11 +89,10 @@ class OscillationCounter:
     def update(self) -> None:
         for name, layer in self.layers.items():
             current = integer_weights(layer, self.bits)
-            move = torch.sign(current - self.previous[name])
-            moved = move != 0
+            move = (current - self.previous[name]).sign_()  # -1, 0, +1
             last = self.direction[name]
-            self.counts[name] += (moved & (last != 0) & (move != last)).to(current.dtype)
-            self.direction[name] = torch.where(moved, move, last)
+            self.counts[name] += (move * last) < 0  # a move against the previous one (both nonzero)
+            self.direction[name] = torch.where(move != 0, move, last)
             self.previous[name] = current
             self.integer_sums[name] += current
         self.steps += 1
