@@ -39,7 +39,8 @@ ARMS: dict[str, tuple[str, ...]] = {
     "qafedavg_profiles": ("+experiment=fmnist_qafedavg_profiles",),
     # equal memory: half the clients hold the float model ("strong"); the other half ("weak") have
     # 1/16 of its bytes: HeteroFL's width-0.25 float sub-model, the full model at W2A2, or the
-    # width-0.5 sub-model at W8A8 (first/last layers at 8 bits throughout)
+    # width-0.5 sub-model at W8A8 (first/last layers at 8 bits in the quantized arms; the QAT
+    # arms' weak clients also take float steps, as every client does when fp is in B)
     "memory_heterofl_w025": ("+experiment=fmnist_fedavg", _profiles("[fp], width: 0.25")),
     "memory_qafedavg_w2a2": ("+experiment=fmnist_qafedavg", "strategy.bits=[fp,2]", _profiles("[2]")),
     "memory_mix_w05_w8a8": ("+experiment=fmnist_qafedavg", "strategy.bits=[fp,8]", _profiles("[8], width: 0.5")),

@@ -227,20 +227,16 @@ class QuantAwareMixin:
     def freeze_oscillating(self, arrays: ArrayRecord, counts: dict[str, torch.Tensor],
                            integer_sums: dict[str, torch.Tensor], steps: int, report: RoundReport) -> None:
         """Update the freezing state with the round's pooled oscillation statistics and write the
-        frozen values into ``arrays`` (and into a server optimizer's own copy of the global model,
-        FedAvgM's or FedOpt's ``current_arrays``), in place."""
+        frozen values into ``arrays``, in place. (Flower's FedAvgM keeps ``arrays`` itself as its
+        model; FedOpt starts every round from the global model it is sent: neither holds another
+        copy to correct.)"""
         weights = {k: torch.from_numpy(arrays[k].numpy()) for k in counts}
         self.freeze.update(counts, integer_sums, steps, weights)
-        for target in (arrays, getattr(self, "current_arrays", None)):  # FedAvgM: an ArrayRecord; FedOpt: ndarrays
-            if isinstance(target, ArrayRecord):
-                current = {k: torch.from_numpy(target[k].numpy()) for k in self.freeze.frozen}
-                target.update({k: Array(v.numpy()) for k, v in self.freeze.enforce(current).items()})
-            elif isinstance(target, dict):
-                current = {k: torch.from_numpy(target[k]) for k in self.freeze.frozen}
-                target.update({k: v.numpy() for k, v in self.freeze.enforce(current).items()})
+        current = {k: torch.from_numpy(arrays[k].numpy()) for k in self.freeze.frozen}
+        arrays.update({k: Array(v.numpy()) for k, v in self.freeze.enforce(current).items()})
         frequency = self.freeze.frequency
         entries = sum(f.numel() for f in frequency.values())
-        report.oscillation_rate = sum(float(f.sum()) for f in frequency.values()) / entries if entries else 0.0
+        report.oscillation_rate = sum(float(f.sum()) for f in frequency.values()) / entries if entries and steps else None
         report.frozen_share = self.freeze.frozen_share()
 
     def successful_replies(self, replies: Iterable[Message], report: RoundReport) -> list[Message]:

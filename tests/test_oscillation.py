@@ -103,23 +103,26 @@ def test_frozen_entries_keep_their_values_through_training():
 
 def test_server_freezing_matches_its_formulas():
     """Two rounds of pooled statistics, checked against the design's formulas by hand: F_1 = mu f_1,
-    F_2 = mu f_2 + (1 - mu) F_1; an entry freezes when F > f_th, at s_ref * round(sum z / sum T)."""
+    F_2 = mu f_2 + (1 - mu) F_1; an entry freezes when F > f_th, in the bin of k = round(sum z / sum T):
+    its weight clamped into [(k - 1/4) s_ref, (k + 1/4) s_ref]."""
     plan = OscillationPlan(0.0, freeze_threshold=0.1, freeze_momentum=0.5, ref_bits=2, num_rounds=10)
     state = FreezeState(plan)
     w = torch.tensor([[0.9, -0.2, 0.4, 0.1]])  # s_ref = 0.9 / 1 at 2 bits (narrow grid {-1, 0, 1})
     counts = torch.tensor([[0.0, 3.0, 5.0, 1.0]])  # over 20 pooled steps: f_1 = 0, .15, .25, .05
     sums = torch.tensor([[20.0, -14.0, 6.0, 2.0]])  # mean integers 1, -0.7, 0.3, 0.1
     state.update({"w": counts}, {"w": sums}, 20, {"w": w})
-    # F_1 = 0.5 f_1 = 0, .075, .125, .025: only entry 2 passes 0.1, frozen at 0.9 * round(0.3) = 0
+    # F_1 = 0.5 f_1 = 0, .075, .125, .025: only entry 2 passes 0.1; k = round(0.3) = 0, so its 0.4
+    # is clamped into [-0.225, 0.225]
     assert torch.allclose(state.frequency["w"], torch.tensor([[0.0, 0.075, 0.125, 0.025]]))
     assert state.frozen["w"].tolist() == [[False, False, True, False]]
-    assert state.values["w"][0, 2].item() == 0.0
+    assert state.values["w"][0, 2].item() == pytest.approx(0.225)
     state.update({"w": torch.tensor([[0.0, 3.0, 0.0, 0.0]])}, {"w": torch.tensor([[20.0, -16.0, 0.0, 0.0]])}, 20, {"w": w})
-    # F_2 = 0.5 (0, .15, 0, 0) + 0.5 F_1 = 0, .1125, .0625, .0125: entry 1 freezes at 0.9 * round(-0.8) = -0.9
+    # F_2 = 0.5 (0, .15, 0, 0) + 0.5 F_1 = 0, .1125, .0625, .0125: entry 1 freezes with k = round(-0.8) = -1,
+    # its -0.2 clamped into [-1.125, -0.675]
     assert torch.allclose(state.frequency["w"], torch.tensor([[0.0, 0.1125, 0.0625, 0.0125]]))
     assert state.frozen["w"].tolist() == [[False, True, True, False]]  # entry 2 stays frozen below f_th
     enforced = state.enforce({"w": torch.ones(1, 4)})["w"]
-    assert torch.allclose(enforced, torch.tensor([[1.0, -0.9, 0.0, 1.0]]))
+    assert torch.allclose(enforced, torch.tensor([[1.0, -0.675, 0.225, 1.0]]))
     assert state.frozen_share() == 0.5
 
 
@@ -131,20 +134,41 @@ def test_dampening_weight_is_cosine_annealed_from_zero():
 
 def test_frozen_weights_survive_a_server_optimizer():
     """FedAdam's moments would move a frozen entry; the server writes the frozen values over its
-    aggregate and over FedAdam's own copy of the global model."""
+    aggregate."""
     from tests.test_strategies import run_inprocess
 
     arrays, strategy, _ = run_inprocess("client.freeze_threshold=0.001", "num_rounds=3", server="fedadam", eta=0.05)
     frozen, values = strategy.freeze.frozen["3.weight"], strategy.freeze.values["3.weight"]
     assert 0 < int(frozen.sum()) < frozen.numel()
     assert torch.equal(arrays["3.weight"][frozen], values[frozen])
-    current = torch.from_numpy(strategy.current_arrays["3.weight"])  # FedOpt's copy: ndarrays
-    assert torch.equal(current[frozen], values[frozen])
+
+
+def test_the_client_keeps_frozen_entries_at_the_values_it_was_sent():
+    """A training message carrying frozen masks, replayed through the real client handler: the
+    reply's masked entries are the sent values (before any server enforcement), the others moved."""
+    from flwr.app import ArrayRecord
+
+    from clients import handle_train
+    from fedquant.federation import protocol as P
+    from tests.helpers import TINY, make_config
+    from tests.test_strategies import run_inprocess, setup_and_plan
+
+    _, strategy, grid = run_inprocess("client.freeze_threshold=0.001", "num_rounds=2")
+    late = [m for m in grid.sent if P.FROZEN in m.content.array_records]
+    assert late, "the second round's messages carry the masks frozen after round 1"
+    msg = late[0]
+    mask = msg.content.array_records[P.FROZEN]["3.weight"].numpy().astype(bool)
+    sent = msg.content.array_records[P.ARRAYS]["3.weight"].numpy()
+    setup, _ = setup_and_plan(make_config(*TINY, "client.freeze_threshold=0.001"))
+    got = handle_train(setup, msg).content.array_records[P.ARRAYS]["3.weight"].numpy()
+    assert 0 < mask.sum() < mask.size
+    assert (got[mask] == sent[mask]).all() and (got[~mask] != sent[~mask]).any()
+    assert isinstance(msg.content.array_records[P.FROZEN], ArrayRecord)
 
 
 def test_one_weight_stops_oscillating_once_the_server_freezes_it():
     """The synthetic case again, federated: a client counts 40 steps, the server pools the counts
-    and freezes the weight at its most frequent integer times s_ref; training it further with
+    and freezes the weight inside the bin of its most frequent integer; training it further with
     the frozen mask moves nothing and counts no oscillation."""
     model = one_weight_layer(0.45)
     layers = tracked_layers(model)
@@ -169,6 +193,7 @@ def test_one_weight_stops_oscillating_once_the_server_freezes_it():
     with torch.no_grad():  # the next round's global model carries the frozen value
         model.weight.copy_(state.enforce({"weight": model.weight.detach()})["weight"])
     frozen_value = model.weight[0, 0].item()
-    assert frozen_value in (0.0, 1.0)  # a bin centre: s_ref = 1 at 2 bits
+    # w hovered around the threshold 0.5 (s_ref = 1 at 2 bits): clamped to 0.25 (bin 0) or 0.75 (bin 1)
+    assert frozen_value in (0.25, 0.75)
     second = train(60, FrozenWeights(model, state.frozen))
     assert second.counts["weight"].sum() == 0 and model.weight[0, 0].item() == frozen_value

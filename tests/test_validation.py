@@ -25,6 +25,8 @@ BAD = [
     (["model=cct", "+model.options.embed_dimm=64"], "model.options.embed_dimm is not valid for model.name=cct: allowed are"),
     (["strategy=fedavg", "client.dampen_weight=0.01"],
      "client.dampen_weight=0.01 needs quantization-aware training: use strategy=qafedavg"),
+    (["client.freeze_threshold=0.1", "quantization.learned_ranges=true"],
+     "client.freeze_threshold is not supported with quantization.learned_ranges=true"),
     (["client.freeze_threshold=2"], "client.freeze_threshold=2 is not valid: allowed is a number >= 0.0 and <= 1.0"),
     (["strategy.profiles=[{name: a, share: 1.0, bits: [8], width: 1.5}]"],
      "strategy.profiles[0].width=1.5 is not valid: allowed is a number > 0 and <= 1"),

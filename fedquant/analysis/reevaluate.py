@@ -47,8 +47,8 @@ def calibration_draws(evaluator, state: dict, draws: int, size: int, seed: int) 
     accs: dict[str, list[float]] = {}
     for d in range(draws):
         pick = np.sort(stream_rng(seed, Stream.CALIBRATION_DRAW, d).choice(len(pool), size, replace=False))
-        drawn = dataclasses.replace(evaluator, calibration=pool[torch.from_numpy(pick)],
-                                    validation=evaluator.validation[:0])  # test accuracy only
+        fields = {"calibration": pool[torch.from_numpy(pick)], "validation": evaluator.validation[:0]}  # test only
+        drawn = evaluator.with_data(**fields) if hasattr(evaluator, "levels") else dataclasses.replace(evaluator, **fields)
         for setting, metrics in drawn(state)["test"].items():
             accs.setdefault(setting, []).append(metrics["accuracy"])
     return {s: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v),
@@ -70,6 +70,9 @@ def reevaluate_job(job: Path, out: Path, options: dict, only: list[str] | None =
         raise CheckpointError(f"{checkpoints[-1]}: holds round {payloads[-1]['round']}, not the final round "
                               f"{cfg['num_rounds']}")
     cfg["eval"].update(options)
+    if not cfg["eval"]["reestimate_bn"] and any(p.width < 1 for p in profiles_from_config(cfg["strategy"]["profiles"])):
+        raise ValueError(f"{job}: --bn keep is not valid for a run with width profiles (sub-models need the BatchNorm "
+                         "statistics the server re-estimates)")
     data_spec, model_spec = experiment_specs(cfg)
     fed = federated_data(data_spec)
     settings = evaluation_settings(cfg, only, "--settings")

@@ -381,8 +381,10 @@ def report_markdown(methods: Methods, missing: list[Path], last: int, test: Tabl
 
 
 def _shown(settings: list[str]) -> list[str]:
-    """The settings of the per-round table and plot: fp, w4a4 and the last one, when present."""
-    return list(dict.fromkeys(s for s in ("fp", "w4a4", settings[-1]) if s in settings))
+    """The settings of the per-round table and plot: fp, w4a4 and the last full-model one (not a
+    width level's ``<setting>@<r>``), when present."""
+    full = [s for s in settings if "@" not in s] or settings
+    return list(dict.fromkeys(s for s in ("fp", "w4a4", full[-1]) if s in settings))
 
 
 def make_report(roots: list[Path], out: Path | None = None, *, last: int = 3,

@@ -91,6 +91,9 @@ def plan_settings(cfg: dict, names: list[str] | None) -> dict[str, list[Setting]
     evaluated = parse_settings(cfg["eval"]["settings"], "eval.settings")
     plan = {"": ([] if FLOAT in evaluated else [FLOAT]) + evaluated}
     for profile in profiles_from_config(cfg["strategy"]["profiles"]):
+        if profile.width < 1:
+            raise ExportError(f"profile {profile.name} holds a width-{profile.width:g} sub-model: exporting HeteroFL "
+                              "sub-models is not supported yet; export the full model with --settings")
         folder = re.sub(r"[^A-Za-z0-9_.-]", "_", profile.name)
         if folder in ("", ".", ".."):
             raise ExportError(f"profile name {profile.name!r} cannot be a folder name")

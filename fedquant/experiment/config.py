@@ -104,7 +104,7 @@ def check_profiles(cfg: Mapping, bits: list) -> None:
         total += float(share)
         pbits = p["bits"]
         if not isinstance(pbits, Sequence) or isinstance(pbits, str) or not pbits:
-            raise ConfigError(f"{key}.bits={pbits!r} is not valid: allowed is a non-empty list of integers in 2..16")
+            raise ConfigError(f"{key}.bits={pbits!r} is not valid: allowed is a non-empty list of integers in 2..16 and fp")
         for b in pbits:
             if b != "fp" and (not isinstance(b, numbers.Integral) or isinstance(b, bool) or not 2 <= b <= 16):
                 raise ConfigError(f"{key}.bits contains {b!r}: allowed are integers in 2..16 and fp")
@@ -247,6 +247,9 @@ def validate(cfg: Mapping, servers: Mapping[str, Collection[str]]) -> None:
         key = "client.dampen_weight" if dampen else "client.freeze_threshold"
         raise ConfigError(f"{key}={dampen or threshold} needs quantization-aware training: use strategy=qafedavg "
                           f"with a quantized setting in strategy.bits, or set {key}=0")
+    if threshold and _get(cfg, "quantization.learned_ranges"):
+        raise ConfigError("client.freeze_threshold is not supported with quantization.learned_ranges=true (frozen "
+                          "values are placed on the max-range grid); set one of them off")
 
     settings = _wrap("eval.settings", parse_settings, _need(cfg, "eval.settings"), "eval.settings")
     _int(cfg, "eval.every", 1)

@@ -52,12 +52,15 @@ def training_plan(cfg: Mapping) -> TrainingPlan:
 
 def oscillation_plan(cfg: Mapping, bits: list[Setting]) -> OscillationPlan | None:
     """Oscillation dampening / weight freezing (``client.dampen_weight``, ``client.freeze_*``),
-    counted on the grid of the lowest weight bit-width in ``bits``; None when both are off."""
+    counted on the grid of the lowest weight bit-width in ``bits`` that a client trains (a device
+    profile's); None when both are off."""
     client, quant = cfg["client"], cfg["quantization"]
     dampen, threshold = float(client.get("dampen_weight", 0.0)), float(client.get("freeze_threshold", 0.0))
     if not (dampen or threshold):
         return None
-    ref_bits = min(w for w, _ in bits if w is not None)
+    profiles = profiles_from_config(cfg["strategy"]["profiles"])
+    trained = [s for s in bits if not profiles or any(s in p.settings for p in profiles)] or bits
+    ref_bits = min(w for w, _ in trained if w is not None)
     return OscillationPlan(dampen, threshold, float(client.get("freeze_momentum", 0.5)), ref_bits, cfg["num_rounds"],
                            bool(quant.get("narrow_range", True)), quant.get("weight_granularity", "per_channel") == "per_channel")
 

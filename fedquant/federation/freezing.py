@@ -12,13 +12,23 @@ The client side (counting flips, the dampening loss, keeping frozen weights fixe
   ``o_i(e)``, the sum of its integer values ``z_i(e)`` and its number of steps ``T_i``. The server
   pools them, ``f_r(e) = sum_i o_i(e) / sum_i T_i`` (oscillations per local step), and keeps an EMA
   over rounds ``F_r = mu f_r + (1 - mu) F_(r-1)`` (``F_0 = 0``).
-- **freezing**: entries with ``F_r(e) > f_th`` freeze, for good, at their most frequent integer,
-  ``round(sum_i z_i(e) / sum_i T_i)`` (the pooled mean of the integer values, which for a weight
-  flipping between two integers rounds to the one it sat on longer), times the reference scale
-  of the aggregated global weight: ``v(e) = s_ref * round(mean z)``. The server broadcasts the
-  frozen mask with each round's model; clients restore frozen entries after every local step,
-  and the server writes ``v`` over the aggregate, so frozen entries survive any server optimizer
-  (FedAdam's moments included). Mask, values and ``F`` are checkpointed with the server state.
+- **freezing**: entries with ``F_r(e) > f_th`` freeze, for good, in the bin of their most frequent
+  integer ``k = round(sum_i z_i(e) / sum_i T_i)`` (the pooled mean of the integer values, which
+  for a weight flipping between two integers rounds to the one it sat on longer): the latent
+  value becomes the aggregated weight clamped into the inner half of that bin,
+  ``v(e) = clamp(w(e), (k - 1/4) s_ref, (k + 1/4) s_ref)``, ``s_ref`` the reference scale of the
+  aggregated weight. On the reference grid the weight is then ``k`` with a quarter step of
+  margin against scale drift, and it moves as little as that allows, so the other bit-widths
+  keep nearly the trained value (the paper, with one bit-width, fixes the integer itself;
+  snapping the latent weight to ``k s_ref`` would move it by up to half a reference step at
+  every bit-width). The server broadcasts the frozen masks with each round's model; clients
+  restore frozen entries after every local step, and the server writes ``v`` over every
+  aggregate, so frozen entries survive any server optimizer (FedAdam's moments included). Mask,
+  values and ``F`` are checkpointed with the server state.
+
+Simplifications, stated: the threshold is constant (the paper anneals it); each client's counter
+starts afresh every round (a reversal across two rounds of one client is not counted); only
+quantized local steps are counted.
 """
 
 from __future__ import annotations
@@ -74,15 +84,11 @@ class FreezeState:
     frozen: dict[str, torch.Tensor] = field(default_factory=dict)  # bool masks
     values: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def masks(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The masks to broadcast (all False before anything froze), one per tracked weight."""
-        return {k: self.frozen.get(k, torch.zeros_like(w, dtype=torch.bool)) for k, w in weights.items()}
-
     def update(self, counts: dict[str, torch.Tensor], integer_sums: dict[str, torch.Tensor], steps: int,
                weights: dict[str, torch.Tensor]) -> None:
         """Pool one round's client statistics (already summed over clients, ``steps`` summed too)
-        and freeze the entries whose frequency EMA passes the threshold, at the reference grid of
-        the aggregated ``weights``."""
+        and freeze the entries whose frequency EMA passes the threshold, in the bins of the
+        reference grid of the aggregated ``weights`` (see the module docstring)."""
         if steps <= 0:
             return
         mu = self.plan.freeze_momentum
@@ -96,7 +102,8 @@ class FreezeState:
             if bool(new.any()):
                 w = weights[name].float()
                 integer = torch.round(integer_sums[name].double() / steps).clamp_(qmin, qmax).float()
-                value = integer * self.plan.reference_scale(w)
+                s = self.plan.reference_scale(w)
+                value = torch.minimum(torch.maximum(w, (integer - 0.25) * s), (integer + 0.25) * s)
                 self.values[name] = torch.where(new, value, self.values.get(name, torch.zeros_like(w)))
                 self.frozen[name] = old | new
 

@@ -152,7 +152,7 @@ def train_local(model: nn.Module, data: Dataset, indices: torch.Tensor, cfg: Tra
             opt.step()
             if keep is not None:
                 keep.restore()
-            if counter is not None:
+            if counter is not None and setting != FLOAT:  # float steps are not counted
                 counter.update()
             loss_sum += task.detach()
             steps += 1

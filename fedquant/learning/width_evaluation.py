@@ -10,7 +10,7 @@ static BatchNorm; the training-time Scaler off). Their results are named ``<sett
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -40,6 +40,10 @@ class LevelledEvaluator:
             for split, results in sub.items():
                 out[split].update({at_width(name, width): v for name, v in results.items()})
         return out
+
+    def with_data(self, **fields) -> LevelledEvaluator:
+        """The same evaluators with other data fields (e.g. ``calibration``), levels included."""
+        return LevelledEvaluator(replace(self.full, **fields), {w: replace(e, **fields) for w, e in self.levels.items()})
 
     def model_bytes(self) -> dict[str, int]:
         out = self.full.model_bytes()
