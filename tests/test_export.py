@@ -361,3 +361,23 @@ def test_onnx_latency_benchmark_runs():
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r"^\s+w4a4\s+[\d,]+\s+[\d,]+\s+\d\.\d\d\s+\d+\.\d{3}\s+\d+\.\d\d\s+\d+\.\d\d  \S", proc.stdout, re.M)
+
+
+def test_a_width_profile_exports_its_own_sub_model(tmp_path):
+    """HeteroFL: a profile of width 0.5 gets the width-0.5 sub-model cut from the global model,
+    calibrated as the server's per-width evaluation; onnxruntime gives the reported accuracy."""
+    cfg = make_config("num_rounds=3", "strategy.profiles=[{name: full, share: 0.5, bits: [8]}, "
+                      "{name: half, share: 0.5, bits: [4], width: 0.5}]")
+    run = tmp_path / "run"
+    state = trained_state(cfg)
+    save_checkpoint(run, 3, {"arrays": state, "config": cfg})
+    out = tmp_path / "export"
+    cli.export_run(run, out, log=lambda *_: None)
+    half, full = (out / "half" / "w4a4.onnx").read_bytes(), (out / "w4a4.onnx").read_bytes()
+    assert half != full and len(half) < len(full)
+    evaluator = evaluator_for(cfg, ["w4a4"])
+    reported = evaluator(state)["test"]["w4a4@0.5"]["accuracy"]
+    data = evaluator.data
+    acc, _ = onnx_accuracy(session(half), data, data.test_x, data.test_y)
+    assert abs(acc - reported) <= 0.001, (acc, reported)
+    assert json.loads((out / "half" / "w4a4.encodings.json").read_text())["setting"] == "w4a4"

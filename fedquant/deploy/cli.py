@@ -7,7 +7,9 @@ model the server tests; it is written as ``<setting>.onnx`` and ``<setting>.enco
 (:mod:`fedquant.deploy.onnx_export`, :mod:`fedquant.deploy.encodings`). Default settings: the
 run's ``eval.settings`` plus ``fp``, in ``--out`` (default ``<run dir>/export``), and for every
 device profile of the run (``strategy.profiles``) a subfolder ``<profile name>/`` with that
-profile's settings. ``--settings`` exports exactly the settings given (no profile folders); a
+profile's settings, on the profile's own sub-model when it has a ``width`` below 1 (HeteroFL:
+the first ``ceil(width * C)`` channels of every hidden layer, cut from the global model and
+calibrated like the server's per-width evaluation). ``--settings`` exports exactly the settings given (no profile folders); a
 setting the run never evaluated is allowed (it is calibrated the same way; there is just no
 reported accuracy to compare with), a malformed one is an error. Every file is checked with
 onnxruntime on 256 test images against the simulated model (the largest logit difference is
@@ -35,8 +37,10 @@ from ..data import DatasetError
 from ..experiment.specs import build_evaluator, experiment_specs
 from ..experiment.workspace import build_quantized_model, federated_data
 from ..federation.bitwidths import FLOAT, Setting, parse_settings, setting_name
-from ..federation.profiles import profiles_from_config
+from ..federation.profiles import at_width, profiles_from_config
+from ..federation.protocol import transport_state
 from ..learning.evaluation import Evaluator, accuracy, model_bytes
+from ..models.width import extract
 from ..runtime.checkpoint import CheckpointError, evaluated_state, list_checkpoints, load_checkpoint
 from ..tracking.files import atomic_write
 from ..tracking.results import write_json
@@ -84,20 +88,18 @@ def find_checkpoint(target: Path) -> Path:
     return found[-1]
 
 
-def plan_settings(cfg: dict, names: list[str] | None) -> dict[str, list[Setting]]:
-    """Folder (``""`` = the output folder, else a profile's name) -> settings to export there."""
+def plan_settings(cfg: dict, names: list[str] | None) -> dict[str, tuple[float, list[Setting]]]:
+    """Folder (``""`` = the output folder, else a profile's name) -> (model width, settings to
+    export there)."""
     if names is not None:
-        return {"": parse_settings(names, "--settings")}
+        return {"": (1.0, parse_settings(names, "--settings"))}
     evaluated = parse_settings(cfg["eval"]["settings"], "eval.settings")
-    plan = {"": ([] if FLOAT in evaluated else [FLOAT]) + evaluated}
+    plan = {"": (1.0, ([] if FLOAT in evaluated else [FLOAT]) + evaluated)}
     for profile in profiles_from_config(cfg["strategy"]["profiles"]):
-        if profile.width < 1:
-            raise ExportError(f"profile {profile.name} holds a width-{profile.width:g} sub-model: exporting HeteroFL "
-                              "sub-models is not supported yet; export the full model with --settings")
         folder = re.sub(r"[^A-Za-z0-9_.-]", "_", profile.name)
         if folder in ("", ".", ".."):
             raise ExportError(f"profile name {profile.name!r} cannot be a folder name")
-        plan[folder] = profile.settings
+        plan[folder] = (profile.width, profile.settings)
     return plan
 
 
@@ -163,7 +165,8 @@ def export_run(target: Path, out: Path | None = None, names: list[str] | None = 
         plan = plan_settings(cfg, names)
     except ValueError as err:
         raise ExportError(str(err)) from None
-    settings = list(dict.fromkeys(s for folder in plan.values() for s in folder))
+    jobs = list(dict.fromkeys((width, s) for width, folder in plan.values() for s in folder))  # (width, setting)
+    settings = list(dict.fromkeys(s for _, s in jobs))
     check_calibration(cfg, settings)
     out = out if out is not None else checkpoint.parent / "export"
     check_writable(out)
@@ -173,27 +176,32 @@ def export_run(target: Path, out: Path | None = None, names: list[str] | None = 
         fed = federated_data(data_spec)
     except DatasetError as err:
         raise ExportError(str(err)) from None
-    evaluator = build_evaluator(cfg, build_quantized_model(model_spec, fed.data, seed=cfg["seed"]), fed, settings)
+    evaluator = build_evaluator(cfg, build_quantized_model(model_spec, fed.data, seed=cfg["seed"]), fed,
+                                [s for w, s in jobs if w == 1] or [FLOAT])
+    labels = [at_width(setting_name(s), w) for w, s in jobs]
     log(f"{checkpoint} (round {payload.get('round')}): {cfg['model']['name']} on {cfg['dataset']['name']}, "
-        f"{len(fed.calibration)} calibration images; exporting {', '.join(map(setting_name, settings))}")
+        f"{len(fed.calibration)} calibration images; exporting {', '.join(labels)}")
     artifacts = {}
-    for setting in settings:
+    state = evaluated_state(payload)
+    for (width, setting), name in zip(jobs, labels, strict=True):
+        level = evaluator if width == 1 else evaluator.levels[width]
+        level_state = state if width == 1 else extract(state, transport_state(level.model))
         try:
-            artifacts[setting] = build_artifact(evaluator, evaluated_state(payload), setting, fold_batchnorm, int4, full_check)
+            artifacts[width, setting] = build_artifact(level, level_state, setting, fold_batchnorm, int4, full_check)
         except ValueError as err:  # an unsupported op or a state that does not match the model
-            raise ExportError(f"{setting_name(setting)}: {err}") from None
-        a = artifacts[setting]
-        note = "" if setting in evaluated or setting == FLOAT else " (not in the run's eval.settings)"
+            raise ExportError(f"{name}: {err}") from None
+        a = artifacts[width, setting]
+        note = "" if setting in evaluated or setting == FLOAT or width < 1 else " (not in the run's eval.settings)"
         scores = " ".join(f"{k} {100 * v:.2f}" for k, v in a.accuracy.items())
-        log(f"  {setting_name(setting):>8}  {len(a.onnx):>10,} bytes on disk  model_bytes {a.model_bytes:>10,}  "
+        log(f"  {name:>8}  {len(a.onnx):>10,} bytes on disk  model_bytes {a.model_bytes:>10,}  "
             f"max |logit diff| {a.logit_diff:.2e}{'  test accuracy: ' + scores if scores else ''}{note}")
     written = []
     try:
-        for folder, folder_settings in plan.items():
+        for folder, (width, folder_settings) in plan.items():
             target_dir = out / folder
             target_dir.mkdir(parents=True, exist_ok=True)
             for setting in folder_settings:
-                a, stem = artifacts[setting], setting_name(setting)
+                a, stem = artifacts[width, setting], setting_name(setting)
                 written.append(atomic_write(target_dir / f"{stem}.onnx", lambda tmp, blob=a.onnx: tmp.write_bytes(blob)))
                 write_json(target_dir / f"{stem}.encodings.json", a.encodings)
                 written.append(target_dir / f"{stem}.encodings.json")
