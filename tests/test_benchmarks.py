@@ -49,3 +49,38 @@ def test_client_options_cost_runs():
     out = bench("benchmarks.client_options_cost", "--tiny", "--rounds", "1", "--images", "64")
     for option in ("in-place distillation", r"oscillation dampening", r"oscillation counting \(freezing\)"):
         assert re.search(rf"with {option}: \d+\.\d\d ms; ratio \d+\.\d\d", out), out
+
+
+def test_every_study_arm_is_a_valid_config_and_the_memory_arms_have_equal_bytes():
+    from benchmarks.lowbit_study import ARMS, COMMON
+    from fedquant.app import check_config
+    from fedquant.experiment.specs import experiment_specs
+    from fedquant.experiment.workspace import build_quantized_model, federated_data
+    from fedquant.learning.evaluation import model_bytes
+    from tests.helpers import make_config
+
+    configs = {arm: make_config(*overrides, *COMMON) for arm, overrides in ARMS.items()}
+    for cfg in configs.values():
+        check_config(cfg)
+    data_spec, spec = experiment_specs(configs["fedavg"])
+    data = federated_data(data_spec).data
+    float_bytes = model_bytes(build_quantized_model(spec, data), (None, None))
+    for arm, cfg in configs.items():
+        if arm.startswith("memory_"):
+            weak = cfg["strategy"]["profiles"][1]
+            bits = weak["bits"][0]
+            setting = (None, None) if bits == "fp" else (bits, bits)
+            weak_bytes = model_bytes(build_quantized_model(spec, data, width=weak.get("width", 1.0)), setting)
+            assert 15 < float_bytes / weak_bytes < 16.5, (arm, float_bytes / weak_bytes)
+
+
+def test_memory_study_figures_are_the_profiles_last_three_evaluations():
+    from benchmarks.memory_study import profile_figures
+
+    rounds = [{"round": r, "eval": {"fp": {"accuracy": r / 10}, "w2a2@0.25": {"accuracy": r / 20}},
+               "validation": {"fp": {"accuracy": r / 11}, "w2a2@0.25": {"accuracy": r / 22}}} for r in range(0, 6)]
+    results = {"rounds": rounds, "config": {"strategy": {"profiles": [
+        {"name": "strong", "share": 0.5, "bits": ["fp"]}, {"name": "weak", "share": 0.5, "bits": [2], "width": 0.25}]}}}
+    figures = profile_figures(results)
+    assert figures["strong"]["fp"] == ("fp", pytest.approx(0.4), pytest.approx(4 / 11))
+    assert figures["weak"]["w2a2"] == ("w2a2@0.25", pytest.approx(0.2), pytest.approx(4 / 22))
