@@ -9,7 +9,6 @@ from fedquant.models import build_model, model_options
 from fedquant.models.width import (
     Scaler,
     extract,
-    holder_mask,
     overlap_average,
     overlap_fill,
     scaled,
@@ -190,9 +189,7 @@ def test_quantize_model_skips_the_scaler_and_keeps_keys():
     sub.load_state_dict(extract(glob.state_dict(), sub.state_dict()))  # strict: same keys, fitting shapes
 
 
-def test_holder_mask_and_extract():
-    assert holder_mask((3, 4), (2, 1)).tolist() == [[True, False, False, False], [True, False, False, False],
-                                                     [False, False, False, False]]
+def test_extract_cuts_the_leading_block():
     glob = {"w": torch.arange(12.0).reshape(3, 4), "n": torch.tensor(7)}
     sub = extract(glob, {"w": torch.zeros(2, 3), "n": torch.tensor(0)})
     assert sub["w"].tolist() == [[0.0, 1.0, 2.0], [4.0, 5.0, 6.0]] and sub["n"].item() == 7

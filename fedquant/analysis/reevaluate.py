@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import shutil
 import statistics
@@ -48,7 +47,7 @@ def calibration_draws(evaluator, state: dict, draws: int, size: int, seed: int) 
     for d in range(draws):
         pick = np.sort(stream_rng(seed, Stream.CALIBRATION_DRAW, d).choice(len(pool), size, replace=False))
         fields = {"calibration": pool[torch.from_numpy(pick)], "validation": evaluator.validation[:0]}  # test only
-        drawn = evaluator.with_data(**fields) if hasattr(evaluator, "levels") else dataclasses.replace(evaluator, **fields)
+        drawn = evaluator.with_data(**fields)
         for setting, metrics in drawn(state)["test"].items():
             accs.setdefault(setting, []).append(metrics["accuracy"])
     return {s: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -111,6 +111,10 @@ class Evaluator:
         x = self.data.train_x[self.calibration]
         self._calib = [to_input(self.data, x[i:i + 256], self.device, fmt) for i in range(0, len(x), 256)]
         self._float: nn.Module | None = None  # the float reference for bias correction
+
+    def with_data(self, **fields) -> Evaluator:
+        """The same evaluator with other data fields (e.g. ``calibration``)."""
+        return replace(self, **fields)
 
     def model_bytes(self) -> dict[str, int]:
         return {setting_name(s): model_bytes(self.model, s) for s in self.settings}

@@ -10,7 +10,7 @@ static BatchNorm; the training-time Scaler off). Their results are named ``<sett
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -43,7 +43,7 @@ class LevelledEvaluator:
 
     def with_data(self, **fields) -> LevelledEvaluator:
         """The same evaluators with other data fields (e.g. ``calibration``), levels included."""
-        return LevelledEvaluator(replace(self.full, **fields), {w: replace(e, **fields) for w, e in self.levels.items()})
+        return LevelledEvaluator(self.full.with_data(**fields), {w: e.with_data(**fields) for w, e in self.levels.items()})
 
     def model_bytes(self) -> dict[str, int]:
         out = self.full.model_bytes()

@@ -130,16 +130,6 @@ def extract(global_state: State, sub_state_template: State) -> dict[str, torch.T
     return out
 
 
-def holder_mask(global_shape: Sequence[int], sub_shape: Sequence[int]) -> torch.Tensor:
-    """Bool tensor of ``global_shape``, True on the entries a sub-model of ``sub_shape`` holds
-    (the leading block)."""
-    global_shape, sub_shape = torch.Size(global_shape), torch.Size(sub_shape)
-    _check_fits("(shape)", sub_shape, global_shape)
-    mask = torch.zeros(global_shape, dtype=torch.bool)
-    mask[_block(sub_shape)] = True
-    return mask
-
-
 def _check_replies(global_state: State, replies: Sequence[tuple[State, float]]) -> None:
     for i, (state, weight) in enumerate(replies):
         if weight < 0:
