@@ -1,5 +1,6 @@
 """The benchmarks run (tiny sizes) and print their ratios; timings themselves are not asserted."""
 
+import json
 import re
 import subprocess
 import sys
@@ -84,3 +85,25 @@ def test_memory_study_figures_are_the_profiles_last_three_evaluations():
     figures = profile_figures(results)
     assert figures["strong"]["fp"] == ("fp", pytest.approx(0.4), pytest.approx(4 / 11))
     assert figures["weak"]["w2a2"] == ("w2a2@0.25", pytest.approx(0.2), pytest.approx(4 / 22))
+
+
+def test_lowbit_select_chooses_the_highest_mean_validation_over_shared_seeds_and_ignores_test(tmp_path):
+    from benchmarks.lowbit_select import SETTINGS, arm_figures, select
+
+    def write(arm: str, seed: int, val: float, test: float) -> None:
+        rounds = [{"round": r, "eval": {s: {"accuracy": test} for s in SETTINGS},
+                   "validation": {s: {"accuracy": val + (r - 5) / 100} for s in SETTINGS}} for r in range(1, 6)]
+        job = tmp_path / arm / str(seed)
+        job.mkdir(parents=True)
+        (job / "results.json").write_text(json.dumps({"rounds": rounds, "config": {"seed": seed}}))
+
+    write("a", 0, 0.80, 0.99), write("a", 1, 0.80, 0.99)
+    write("b", 0, 0.82, 0.50), write("b", 1, 0.70, 0.50), write("b", 2, 0.99, 0.50)  # seed 2 is not shared
+    figures = {arm: arm_figures(tmp_path, arm) for arm in ("a", "b")}
+    # last 3 validation evaluations: val - 0.02, val - 0.01, val -> figure val - 0.01
+    assert figures["b"][0]["w2a2"] == (pytest.approx(50.0), pytest.approx(81.0))
+    chosen, scores, seeds = select(figures)
+    assert seeds == [0, 1] and chosen == "a"
+    assert scores == {"a": pytest.approx(79.0), "b": pytest.approx(75.0)}
+    with pytest.raises(ValueError, match="share no seed"):
+        select({"a": {0: figures["a"][0]}, "b": {1: figures["b"][1]}})
