@@ -75,6 +75,20 @@ def test_counter_counts_only_reversals_of_the_integer():
     assert counter.steps == 6
 
 
+def test_a_skipped_float_step_is_neither_a_move_nor_a_step():
+    """Integers 0 1 | 0 (float step, skipped) | 1 2: counted moves +1, +1, +1 (no reversal; without
+    the skip, 0 -> 1 after 1 -> 0 would be one); sums over the 3 counted updates only."""
+    model = one_weight_layer(0.0)
+    counter = OscillationCounter(tracked_layers(model), bits=3)
+    for k, counted in ((1, True), (0, False), (1, True), (2, True)):
+        with torch.no_grad():
+            model.weight[0, 0] = k / 3
+        counter.update() if counted else counter.skip()
+    assert counter.counts["weight"].tolist() == [[0.0, 0.0]]
+    assert counter.integer_sums["weight"].tolist() == [[4.0, 9.0]]
+    assert counter.steps == 3
+
+
 def test_dampening_loss_matches_its_formula():
     torch.manual_seed(0)
     layer = quantize_model(nn.Linear(5, 4), QuantConfig(weight_bits=3, act_bits=None))

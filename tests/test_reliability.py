@@ -179,6 +179,23 @@ def test_extending_a_finished_run_equals_the_longer_run(tmp_path):
     assert torch.equal(resumed_final["arrays"]["3.weight"], payloads[-1]["arrays"]["3.weight"])
 
 
+@pytest.mark.parametrize("client", [{"lr_schedule": "cosine"}, {"lr_schedule": "constant", "dampen_weight": 0.02}])
+def test_extending_a_run_whose_schedule_depends_on_num_rounds_is_refused(tmp_path, client):
+    """Cosine lr and annealed dampening stretch with num_rounds: a continuation could not equal
+    the longer run, so only the same num_rounds may resume; a step schedule may be extended."""
+    from fedquant.experiment.resume import load_resume
+
+    old = {"num_rounds": 2, "client": client}
+    save_checkpoint(tmp_path / "short", 2, {"arrays": {}, "config": old})
+    resume = {"resume_from": str(tmp_path / "short")}
+    with pytest.raises(CheckpointError, match=r"cannot be continued with num_rounds=3 \(it ran with 2\): .*depends on num_rounds"):
+        load_resume({**old, **resume, "num_rounds": 3}, tmp_path / "now", None)
+    assert load_resume({**old, **resume}, tmp_path / "now", None)["round"] == 2
+    step = {"num_rounds": 2, "client": {"lr_schedule": "step"}}
+    save_checkpoint(tmp_path / "step", 2, {"arrays": {}, "config": step})
+    assert load_resume({**step, "resume_from": str(tmp_path / "step"), "num_rounds": 3}, tmp_path / "now", None)["round"] == 2
+
+
 def test_resume_true_finds_the_newest_checkpoint_of_another_run(tmp_path):
     from fedquant.runtime.checkpoint import find_checkpoint
 

@@ -152,8 +152,8 @@ def train_local(model: nn.Module, data: Dataset, indices: torch.Tensor, cfg: Tra
             opt.step()
             if keep is not None:
                 keep.restore()
-            if counter is not None and setting != FLOAT:  # float steps are not counted
-                counter.update()
+            if counter is not None:  # float steps are not counted
+                counter.skip() if setting == FLOAT else counter.update()
             loss_sum += task.detach()
             steps += 1
     bits_used = Counter({setting_name(s): k for s, k in steps_at.items()})

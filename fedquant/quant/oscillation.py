@@ -73,7 +73,9 @@ def dampening_loss(layers: dict[str, QuantLayerMixin]) -> torch.Tensor | None:
 class OscillationCounter:
     """Counts each weight's oscillations (``o^t`` above) on the reference grid of ``bits``.
 
-    Call :meth:`update` after every optimizer step. ``counts[name]`` holds ``sum_t o^t`` and
+    Call :meth:`update` after every counted optimizer step and :meth:`skip` after any other (a
+    float step): the next update then measures the move from where the skipped step left the
+    weights, so a float step's move is never counted. ``counts[name]`` holds ``sum_t o^t`` and
     ``integer_sums[name]`` ``sum_t w_int^t`` over the ``steps`` updates, per weight entry: the
     server pools both over clients (oscillation frequency and most frequent integer value).
     """
@@ -96,6 +98,11 @@ class OscillationCounter:
             self.previous[name] = current
             self.integer_sums[name] += current
         self.steps += 1
+
+    @torch.no_grad()
+    def skip(self) -> None:
+        for name, layer in self.layers.items():
+            self.previous[name] = integer_weights(layer, self.bits)
 
 
 class FrozenWeights:
