@@ -29,6 +29,8 @@ def _profiles(weak: str) -> str:
 ARMS: dict[str, tuple[str, ...]] = {
     "fedavg": ("+experiment=fmnist_fedavg",),
     "fedavg_kure": ("+experiment=fmnist_fedavg_kure",),
+    # the baseline with the schedule chosen for QAFedAvg (the same care for both sides)
+    "fedavg_cosine": ("+experiment=fmnist_fedavg", "client.lr_schedule=cosine"),
     "qafedavg": ("+experiment=fmnist_qafedavg",),
     "qafedavg_per_round": ("+experiment=fmnist_qafedavg_per_round",),
     "qafedavg_kure": ("+experiment=fmnist_qafedavg", "client.regularizer=kure", "client.reg_weight=1.0"),
