@@ -107,3 +107,14 @@ def test_lowbit_select_chooses_the_highest_mean_validation_over_shared_seeds_and
     assert scores == {"a": pytest.approx(79.0), "b": pytest.approx(75.0)}
     with pytest.raises(ValueError, match="share no seed"):
         select({"a": {0: figures["a"][0]}, "b": {1: figures["b"][1]}})
+
+
+def test_headline_pair_chooses_each_sides_option_per_setting_on_validation_only():
+    from benchmarks.headline_pair import choose
+
+    basic = {0: {"fp": (90.0, 80.0), "w2a2": (99.0, 60.0)}, 1: {"fp": (90.0, 82.0), "w2a2": (99.0, 62.0)}}
+    tuned = {0: {"w2a2": (10.0, 70.0)}, 1: {"w2a2": (10.0, 70.0)}}  # worse on test, better on validation
+    options = {"basic": basic, "tuned": tuned}
+    assert choose(options, "w2a2") == "tuned"
+    assert choose(options, "fp") == "basic"  # the only option that evaluated fp
+    assert choose(options, "w4a4") is None
