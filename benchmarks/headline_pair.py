@@ -19,30 +19,15 @@ Prints markdown.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-from fedquant.analysis.stats import last_k_figure, mean_std, paired_difference
-
-SETTINGS = ("fp", "w8a8", "w6a6", "w4a4", "w3a3", "w2a2")
-
-Option = dict[int, dict[str, tuple[float, float]]]  # seed -> setting -> (test %, validation %)
+from benchmarks.lowbit_select import SETTINGS, Figures, run_figures
+from fedquant.analysis.stats import mean_std, paired_difference
 
 
-def load_option(folder: Path, last: int = 3) -> Option:
-    """seed -> setting -> (test %, validation %) of every results.json under ``folder/<seed>/``."""
-    out: Option = {}
-    for path in sorted(folder.glob("*/results.json")):
-        results = json.loads(path.read_text())
-        test = last_k_figure(results["rounds"], "eval", last).values
-        validation = last_k_figure(results["rounds"], "validation", last).values
-        out[int(path.parent.name)] = {s: (100 * test[s], 100 * validation[s]) for s in test}
-    return out
-
-
-def choose(options: dict[str, Option], setting: str) -> str | None:
+def choose(options: dict[str, Figures], setting: str) -> str | None:
     """The option with the highest mean validation figure at ``setting`` (None if none has it)."""
     scores = {name: float(np.mean([f[setting][1] for f in runs.values()]))
               for name, runs in options.items() if runs and all(setting in f for f in runs.values())}
@@ -55,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--b", nargs="+", type=Path, required=True, help="side B's option folders")
     parser.add_argument("--last", type=int, default=3)
     args = parser.parse_args(argv)
-    sides = {side: {str(p): load_option(p, args.last) for p in folders} for side, folders in (("A", args.a), ("B", args.b))}
+    sides = {side: {str(p): run_figures(p, args.last) for p in folders} for side, folders in (("A", args.a), ("B", args.b))}
     if empty := [name for options in sides.values() for name, runs in options.items() if not runs]:
         parser.error(f"no <seed>/results.json under {', '.join(empty)}")
     print("| setting | A: chosen option | A test % | B: chosen option | B test % | A − B, paired (95% interval) |")

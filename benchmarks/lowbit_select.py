@@ -28,15 +28,21 @@ SETTINGS = ("fp", "w8a8", "w6a6", "w4a4", "w3a3", "w2a2")
 Figures = dict[int, dict[str, tuple[float, float]]]  # seed -> setting -> (test, validation), in %
 
 
-def arm_figures(root: Path, arm: str, last: int = 3) -> Figures:
-    """seed -> setting -> (test %, validation %) for every finished run of ``arm``."""
+def run_figures(folder: Path, last: int = 3) -> Figures:
+    """seed -> setting -> (test %, validation %) of every ``folder/<seed>/results.json`` (study
+    runs or ``fedquant.reevaluate --out`` folders), for the settings each run evaluated."""
     out: Figures = {}
-    for path in sorted((root / arm).glob("*/results.json")):
+    for path in sorted(folder.glob("*/results.json")):
         results = json.loads(path.read_text())
         test = last_k_figure(results["rounds"], "eval", last).values
         validation = last_k_figure(results["rounds"], "validation", last).values
-        out[int(results["config"]["seed"])] = {s: (100 * test[s], 100 * validation[s]) for s in SETTINGS}
+        out[int(path.parent.name)] = {s: (100 * test[s], 100 * validation[s]) for s in test}
     return out
+
+
+def arm_figures(root: Path, arm: str, last: int = 3) -> Figures:
+    """seed -> setting -> (test %, validation %) for every finished run of ``arm``."""
+    return run_figures(root / arm, last)
 
 
 def select(figures: dict[str, Figures]) -> tuple[str, dict[str, float], list[int]]:
