@@ -33,6 +33,8 @@ ARMS: dict[str, tuple[str, ...]] = {
     "fedavg_cosine": ("+experiment=fmnist_fedavg", "client.lr_schedule=cosine"),
     "qafedavg": ("+experiment=fmnist_qafedavg",),
     "qafedavg_per_round": ("+experiment=fmnist_qafedavg_per_round",),
+    # the chosen variant with the server's EMA of the global weights evaluated (decay 0.9)
+    "qafedavg_cosine_ema": ("+experiment=fmnist_qafedavg", "client.lr_schedule=cosine", "eval.average=ema"),
     "qafedavg_kure": ("+experiment=fmnist_qafedavg", "client.regularizer=kure", "client.reg_weight=1.0"),
     "qafedavg_cosine": ("+experiment=fmnist_qafedavg", "client.lr_schedule=cosine"),
     "qafedavg_distill": ("+experiment=fmnist_qafedavg", "client.distill_weight=1.0"),
