@@ -5,20 +5,15 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from pathlib import Path
 
 import psutil
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
+from fedquant.hydra_conf import compose_config
 from fedquant.runtime.allocator import retain_freed_memory
-
-CONF = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def make_config(*overrides: str) -> dict:
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
+    return compose_config(overrides)
 
 
 def allocator_option(parser) -> None:

@@ -20,6 +20,7 @@ from fedquant.experiment.workspace import (
 from fedquant.federation import protocol as P
 from fedquant.federation.bitwidths import parse_setting, setting_source
 from fedquant.learning.local_training import TrainConfig, train_local
+from fedquant.models.state import float_state, load_float_state
 from fedquant.models.width import extract
 from fedquant.runtime.allocator import retain_freed_memory
 
@@ -83,8 +84,8 @@ def handle_train(setup: ClientSetup, msg: Message, node_index: int = -1, own_par
     device = next(model.parameters()).device
     state = msg.content.array_records[P.ARRAYS].to_torch_state_dict()
     if width < 1:  # HeteroFL: the first ceil(width * C) channels of every hidden layer
-        state = extract(state, P.transport_state(model))
-    P.load_transport_state(model, state)
+        state = extract(state, float_state(model))
+    load_float_state(model, state)
     next_setting = setting_source(str(cfg[P.SAMPLING]), [parse_setting(s) for s in cfg[P.SETTINGS]], seed)
     frozen = None
     if P.FROZEN in msg.content.array_records:
@@ -95,7 +96,7 @@ def handle_train(setup: ClientSetup, msg: Message, node_index: int = -1, own_par
                              device, frozen=frozen)
     except Exception as err:
         raise RuntimeError(f"client {client}: {type(err).__name__}: {err}") from err
-    state = {k: v.cpu() for k, v in P.transport_state(model).items()}
+    state = {k: v.cpu() for k, v in float_state(model).items()}
     if cfg.get(P.INJECT_NAN, False):
         state = {k: torch.full_like(v, float("nan")) for k, v in state.items()}
     metrics = MetricRecord({P.NUM_EXAMPLES: result.num_examples, P.TRAIN_LOSS: result.loss,

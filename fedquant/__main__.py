@@ -15,18 +15,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedquant.data import DatasetError
 from fedquant.experiment.config import ConfigError
+from fedquant.hydra_conf import CONFIG_DIR
 from fedquant.runtime.checkpoint import CheckpointError, list_checkpoints
 from fedquant.runtime.simulation import RayUnreachable
 from fedquant.tracking.wandb_logger import WandbSetupError
-from strategies import DivergenceError, TooFewReplies
+from strategies import DivergenceError, FlowerMismatch, TooFewReplies
 
 # errors that end a run with one line (exit 1; config errors exit 2) instead of a traceback
 RUN_ERRORS = (ConfigError, DatasetError, CheckpointError, DivergenceError, TooFewReplies, RayUnreachable,
-              WandbSetupError)
+              WandbSetupError, FlowerMismatch)
 CONFIG_ERRORS = (ConfigError, WandbSetupError)  # exit 2; the others exit 1
-
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-
 
 def remove_if_empty(run_dir: Path) -> bool:
     """Delete a run folder that holds nothing but Hydra's ``.hydra`` record and empty files (a

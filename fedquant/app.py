@@ -7,7 +7,6 @@ that knows Flower's apps, Ray and W&B together.
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,16 +23,17 @@ from .experiment.history import RunHistory
 from .experiment.resume import load_resume
 from .experiment.rounds import AfterRound
 from .experiment.specs import (
-    build_evaluator,
     evaluation_settings,
     experiment_specs,
     round_schedule,
+    server_evaluator,
     training_plan,
     weight_average,
 )
 from .experiment.workspace import build_quantized_model, federated_data, select_device
 from .federation.bitwidths import setting_name
-from .federation.protocol import train_record, transport_state
+from .federation.protocol import train_record
+from .models.state import float_state
 from .runtime.allocator import retain_freed_memory
 from .runtime.checkpoint import save_checkpoint
 from .runtime.simulation import poll_replies_often, run_flower_simulation
@@ -64,9 +64,9 @@ def _make_logger(cfg: Mapping, output_dir: Path, group: str | None):
         return None
     from .tracking.wandb_logger import WandbLogger
 
-    return WandbLogger(cfg, output_dir, mode=log.get("mode"), project=log.get("project", "fedquant"),
-                       group=log.get("group") or group, job_type=cfg["strategy"]["name"],
-                       entity=log.get("entity"), tags=list(log.get("tags") or []))
+    return WandbLogger(cfg, output_dir, mode=log["mode"], project=log["project"],
+                       group=log["group"] or group, job_type=cfg["strategy"]["name"],
+                       entity=log["entity"], tags=list(log["tags"] or []))
 
 
 def client_setup(cfg: Mapping) -> ClientSetup:
@@ -102,19 +102,19 @@ class Experiment:
         self.plan = training_plan(cfg)
         self.settings = evaluation_settings(cfg)
         model = build_quantized_model(model_spec, self.fed.data, seed=cfg["seed"])
-        self.evaluator = build_evaluator(cfg, copy.deepcopy(model), self.fed, self.settings, select_device(sim["device"]))
+        self.evaluator = server_evaluator(cfg, self.fed, self.settings, select_device(sim["device"]))
         self.history = RunHistory.from_checkpoint(self.resumed) if self.resumed else RunHistory()
         self.strategy = build_strategy(strat["server"], self.plan, min_replies=strat["min_replies"],
                                        on_too_few=strat["on_too_few_replies"], max_retries=strat["max_retries"],
                                        client_work=[len(c) for c in self.fed.clients],
                                        on_report=self.history.record_train, **strat["server_options"])
-        self.offset, self.initial_state = 0, transport_state(model)
+        self.offset, self.initial_state = 0, float_state(model)
         if self.resumed:
             self.offset, self.initial_state = self.resumed["round"], self.resumed["arrays"]
             self.strategy.resume_at(self.offset, self.resumed["server_state"])
             print(f"resuming {self.resumed['path']} after round {self.offset}")
         self.logger = _make_logger(cfg, self.output_dir, group)
-        self.reporter = ConsoleReporter(cfg["num_rounds"], quiet=cfg.get("quiet", False))
+        self.reporter = ConsoleReporter(cfg["num_rounds"], quiet=cfg["quiet"])
         self.averaging = weight_average(cfg, self.resumed)
         self.after_round = AfterRound(self.history, self.evaluator, round_schedule(cfg), self.reporter, self.plan.profiles,
                                       self._save, self.logger, resumed_round=self.offset if self.resumed else None,

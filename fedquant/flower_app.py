@@ -32,15 +32,13 @@ from pathlib import Path
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from clients import handle_query, handle_train, node_partition
 
 from .app import Experiment, client_setup
+from .hydra_conf import compose_config as compose_overrides
 from .runtime.simulation import quiet_flower_logs
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 RUN_CONFIG_KEYS = ("experiment", "overrides", "num-server-rounds", "seed", "output-dir", "data-placement")
 PLACEMENTS = ("server", "node")
 
@@ -67,9 +65,7 @@ def data_on_nodes(run_config: Mapping) -> bool:
 
 def compose_config(run_config: Mapping) -> dict:
     """The experiment config for a run config, composed from conf/ exactly as the CLI does."""
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=hydra_overrides(run_config))
-    return OmegaConf.to_container(cfg, resolve=True)
+    return compose_overrides(hydra_overrides(run_config))
 
 
 def output_dir(run_config: Mapping, run_id: int) -> Path:

@@ -46,3 +46,14 @@ def stop_if_nonfinite(server_round: int, replies: list[Message], check_weights: 
     if bad:
         raise DivergenceError(f"round {server_round}: non-finite values from {', '.join(bad)}; stopping, this round's "
                               "global model is discarded (lower client.lr, or check those clients' data)")
+
+
+def stop_if_diverged(server_round: int, aggregate, replies: list[Message], server_name: str) -> None:
+    """Raise :class:`DivergenceError` when the aggregated ``aggregate`` (an ArrayRecord or None)
+    has NaN/Inf values. NaN/Inf in any reply's weights propagates into the (weighted) aggregate,
+    so the replies are only scanned, to name the clients, when the aggregate is not finite."""
+    if aggregate is None or is_finite(aggregate):
+        return
+    stop_if_nonfinite(server_round, replies, check_weights=True)
+    raise DivergenceError(f"round {server_round}: the aggregated global model has NaN/Inf values "
+                          f"(strategy.server={server_name}); stopping")

@@ -1,35 +1,106 @@
-"""Flower's server-optimizer state (FedAvgM momentum, FedOpt moments) as tensors and back, so a
-weights-only checkpoint can hold it."""
+"""The one adapter to Flower's server-optimizer state (FedAvgM's momentum, FedOpt's moments): as
+tensors and back, so a weights-only checkpoint can hold it and a resume continues exactly.
+
+Flower keeps this state in plain instance attributes, not a public API, so the attributes each
+supported class keeps are declared here (:data:`OPTIMIZER_STATE`, read from flwr 1.42's
+``serverapp/strategy/fedavgm.py``, ``fedopt.py`` and ``fedadam.py``) and checked: an attribute
+that is absent (renamed upstream) or holds another kind of value raises
+:class:`~strategies.flower_compat.FlowerMismatch`, instead of silently leaving the checkpoint
+without it. An attribute that holds ``None`` is not set yet (before the first round) and is left
+out, as Flower's own strategies then start from scratch.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
 
-SERVER_STATE = ("current_arrays", "momentum_vector", "m_t", "v_t")  # FedAvgM / FedOpt attributes
+from .flower_compat import flower_mismatch
+
+# Flower class -> {attribute: what it holds once set}. The keys must match strategies.registry.SERVERS.
+OPTIMIZER_STATE: dict[type, dict[str, type]] = {
+    FedAvg: {},
+    FedProx: {},  # proximal_mu goes to the clients; the server keeps nothing between rounds
+    FedAvgM: {"current_arrays": ArrayRecord, "momentum_vector": list},  # list of numpy arrays
+    FedAdam: {"current_arrays": dict, "m_t": dict, "v_t": dict},  # FedOpt's (name -> numpy array) + v_t
+}
+_TAGS = {ArrayRecord: "record", dict: "dict", list: "list"}  # how each kind is stored in a checkpoint
+
+
+def flower_class(strategy) -> type:
+    """The Flower strategy class ``strategy`` is built on: the first class of its MRO that Flower defines."""
+    for cls in type(strategy).__mro__:
+        if cls.__module__.split(".")[0] == "flwr":
+            return cls
+    raise TypeError(f"{type(strategy).__name__} is not a Flower strategy")
+
+
+def optimizer_attributes(strategy) -> dict[str, type]:
+    """The server-optimizer attributes ``strategy``'s Flower class keeps (:data:`OPTIMIZER_STATE`)."""
+    cls = flower_class(strategy)
+    if cls not in OPTIMIZER_STATE:
+        supported = ", ".join(c.__name__ for c in OPTIMIZER_STATE)
+        raise flower_mismatch(f"{type(strategy).__name__} is built on flwr's {cls.__name__}, whose server-optimizer "
+                              f"state strategies/server_state.py does not know (supported: {supported})")
+    return OPTIMIZER_STATE[cls]
+
+
+_MISSING = object()
+
+
+def read_state(strategy) -> dict[str, object]:
+    """``{attribute: value}`` for the optimizer attributes that are set (not None). Raises
+    :class:`~strategies.flower_compat.FlowerMismatch` for one that is absent or of another kind."""
+    cls = flower_class(strategy).__name__
+    state = {}
+    for name, kind in optimizer_attributes(strategy).items():
+        value = getattr(strategy, name, _MISSING)
+        if value is _MISSING:
+            raise flower_mismatch(f"{type(strategy).__name__} (flwr {cls}) has no attribute {name!r}, where Flower "
+                                  "keeps server-optimizer state that checkpoints must hold for an exact resume")
+        if value is None:
+            continue
+        if not isinstance(value, kind):
+            raise flower_mismatch(f"{type(strategy).__name__} (flwr {cls}).{name} holds a {type(value).__name__}, "
+                                  f"not the {kind.__name__} strategies/server_state.py stores")
+        state[name] = value
+    return state
+
+
+def check_server_state(strategy) -> None:
+    """:func:`read_state`'s checks alone: run when the strategy is built, so a Flower that keeps its
+    state elsewhere stops the run before its first round, not at its first checkpoint."""
+    read_state(strategy)
 
 
 def export_server_state(strategy) -> dict:
-    """The strategy's optimizer attributes that exist, as tensors tagged by their container."""
+    """The strategy's optimizer attributes that are set, as tensors tagged by their container."""
     state = {}
-    for name in SERVER_STATE:
-        value = getattr(strategy, name, None)
+    for name, value in read_state(strategy).items():
         if isinstance(value, ArrayRecord):
             state[name] = {"record": {k: torch.from_numpy(np.array(a.numpy())) for k, a in value.items()}}
         elif isinstance(value, dict):
             state[name] = {"dict": {k: torch.from_numpy(np.array(v)) for k, v in value.items()}}
-        elif isinstance(value, list):
+        else:
             state[name] = {"list": [torch.from_numpy(np.array(v)) for v in value]}
     return state
 
 
 def import_server_state(strategy, state: dict) -> None:
-    """Inverse of :func:`export_server_state`."""
+    """Inverse of :func:`export_server_state`; the state must be one this strategy's class keeps."""
+    read_state(strategy)  # every attribute there, before any is overwritten
+    expected = optimizer_attributes(strategy)
     for name, value in state.items():
-        if "record" in value:
-            setattr(strategy, name, ArrayRecord({k: Array(v.numpy()) for k, v in value["record"].items()}))
-        elif "dict" in value:
-            setattr(strategy, name, {k: v.numpy() for k, v in value["dict"].items()})
+        (tag, payload), = value.items()
+        if name not in expected or _TAGS[expected[name]] != tag:
+            raise ValueError(f"the checkpoint's server state {name!r} ({tag}) is not state that "
+                             f"{type(strategy).__name__} (flwr {flower_class(strategy).__name__}) keeps "
+                             f"({', '.join(expected) or 'none'}); was it written by another strategy.server?")
+        if tag == "record":
+            setattr(strategy, name, ArrayRecord({k: Array(v.numpy()) for k, v in payload.items()}))
+        elif tag == "dict":
+            setattr(strategy, name, {k: v.numpy() for k, v in payload.items()})
         else:
-            setattr(strategy, name, [v.numpy() for v in value["list"]])
+            setattr(strategy, name, [v.numpy() for v in payload])

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
-
-CONF = str(Path(__file__).resolve().parent.parent / "conf")
+from fedquant.hydra_conf import compose_config
 
 
 def make_config(*overrides: str) -> dict:
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides))
-    return OmegaConf.to_container(cfg, resolve=True)
+    return compose_config(overrides)
 
 
 TINY = ("num_clients=6", "clients_per_round=3", "num_rounds=2", "client.local_epochs=1", "quiet=true")

@@ -18,18 +18,18 @@ def bench(*args: str) -> str:
 
 
 def test_quant_overhead_runs():
-    out = bench("benchmarks.quant_overhead", "--dataset", "digits", "--model", "mlp", "--steps", "3", "--rounds", "1",
+    out = bench("benchmarks.timing.quant_overhead", "--dataset", "digits", "--model", "mlp", "--steps", "3", "--rounds", "1",
                 "--batch-sizes", "32")
     assert len(re.findall(r"^\s+(channels_last|contiguous)\s+32\s+[\d.]+\s+[\d.]+\s+[\d.]+$", out, re.M)) == 2
 
 
 def test_eval_cost_runs():
-    assert re.search(r"ratio \d+\.\d\d", bench("benchmarks.eval_cost", "--tiny", "--repeats", "1"))
+    assert re.search(r"ratio \d+\.\d\d", bench("benchmarks.timing.eval_cost", "--tiny", "--repeats", "1"))
 
 
 @pytest.mark.slow
 def test_sim_overhead_runs():
-    out = bench("benchmarks.sim_overhead", "--tiny", "--rounds", "2")
+    out = bench("benchmarks.timing.sim_overhead", "--tiny", "--rounds", "2")
     assert re.search(r"ratio fedquant/plain \(steady state\): \d+\.\d\d", out)
     assert re.search(r"one local step: \d+\.\d ms wall, \d+\.\d ms CPU inside the workers; \d+\.\d ms wall, "
                      r"\d+\.\d ms CPU in this process with 1 thread", out)
@@ -37,23 +37,23 @@ def test_sim_overhead_runs():
 
 @pytest.mark.slow
 def test_scale_clients_runs():
-    out = bench("benchmarks.scale_clients", "--tiny", "--sizes", "6", "12", "--rounds", "2")
+    out = bench("benchmarks.timing.scale_clients", "--tiny", "--sizes", "6", "12", "--rounds", "2")
     assert re.search(r"peak RSS growth 6 -> 12 partitions: [+-]\d+\.\d%", out)
 
 
 def test_ptq_cost_runs():
-    out = bench("benchmarks.ptq_cost", "--tiny", "--repeats", "1", "--iterations", "20", "--settings", "w4a4")
+    out = bench("benchmarks.timing.ptq_cost", "--tiny", "--repeats", "1", "--iterations", "20", "--settings", "w4a4")
     assert re.search(r"^\s+w4a4\s+\d+\.\d\d\s+\d+\.\d\d\s+\d+\.\d$", out, re.M)
 
 
 def test_client_options_cost_runs():
-    out = bench("benchmarks.client_options_cost", "--tiny", "--rounds", "1", "--images", "64")
+    out = bench("benchmarks.timing.client_options_cost", "--tiny", "--rounds", "1", "--images", "64")
     for option in ("in-place distillation", r"oscillation dampening", r"oscillation counting \(freezing\)"):
         assert re.search(rf"with {option}: \d+\.\d\d ms; ratio \d+\.\d\d", out), out
 
 
 def test_every_study_arm_is_a_valid_config_and_the_memory_arms_have_equal_bytes():
-    from benchmarks.lowbit_study import ARMS, COMMON
+    from benchmarks.studies.lowbit_study import ARMS, COMMON
     from fedquant.app import check_config
     from fedquant.experiment.specs import experiment_specs
     from fedquant.experiment.workspace import build_quantized_model, federated_data
@@ -76,7 +76,7 @@ def test_every_study_arm_is_a_valid_config_and_the_memory_arms_have_equal_bytes(
 
 
 def test_memory_study_figures_are_the_profiles_last_three_evaluations():
-    from benchmarks.memory_study import profile_figures
+    from benchmarks.studies.memory_study import profile_figures
 
     rounds = [{"round": r, "eval": {"fp": {"accuracy": r / 10}, "w2a2@0.25": {"accuracy": r / 20}},
                "validation": {"fp": {"accuracy": r / 11}, "w2a2@0.25": {"accuracy": r / 22}}} for r in range(0, 6)]
@@ -88,7 +88,7 @@ def test_memory_study_figures_are_the_profiles_last_three_evaluations():
 
 
 def test_lowbit_select_chooses_the_highest_mean_validation_over_shared_seeds_and_ignores_test(tmp_path):
-    from benchmarks.lowbit_select import SETTINGS, arm_figures, select
+    from benchmarks.studies.lowbit_select import SETTINGS, arm_figures, select
 
     def write(arm: str, seed: int, val: float, test: float) -> None:
         rounds = [{"round": r, "eval": {s: {"accuracy": test} for s in SETTINGS},
@@ -110,7 +110,7 @@ def test_lowbit_select_chooses_the_highest_mean_validation_over_shared_seeds_and
 
 
 def test_headline_pair_chooses_each_sides_option_per_setting_on_validation_only():
-    from benchmarks.headline_pair import choose
+    from benchmarks.studies.headline_pair import choose
 
     basic = {0: {"fp": (90.0, 80.0), "w2a2": (99.0, 60.0)}, 1: {"fp": (90.0, 82.0), "w2a2": (99.0, 62.0)}}
     tuned = {0: {"w2a2": (10.0, 70.0)}, 1: {"w2a2": (10.0, 70.0)}}  # worse on test, better on validation

@@ -1,7 +1,7 @@
-"""ONNX export (fedquant.deploy): the files compute what the server's evaluation simulates.
+"""ONNX export (fedquant.export): the files compute what the server's evaluation simulates.
 
 onnxruntime runs the files "exact" (its WeightBiasQuantization pass off: the file's own float
-biases, see fedquant.deploy.check). What remains are float kernels summing in another order than
+biases, see fedquant.export.check). What remains are float kernels summing in another order than
 torch's and QuantizeLinear dividing by s where the simulation multiplies by 1/s: a few integer
 codes move by one step, so logits agree to float precision in fp and to within a small fraction
 of their range in quantized settings, and test accuracies agree.
@@ -24,16 +24,17 @@ pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from benchmarks.onnx_latency import train  # noqa: E402
-from fedquant.deploy import cli  # noqa: E402
-from fedquant.deploy.check import logits, onnx_accuracy, session  # noqa: E402
-from fedquant.deploy.onnx_export import export_model  # noqa: E402
-from fedquant.experiment.specs import build_evaluator, experiment_specs  # noqa: E402
-from fedquant.experiment.workspace import build_quantized_model, federated_data  # noqa: E402
+from benchmarks.timing.onnx_latency import train  # noqa: E402
+from fedquant.experiment.specs import experiment_specs, server_evaluator  # noqa: E402
+from fedquant.experiment.workspace import federated_data  # noqa: E402
+from fedquant.export import run as export  # noqa: E402
+from fedquant.export.__main__ import main  # noqa: E402
+from fedquant.export.check import logits, onnx_accuracy, session  # noqa: E402
+from fedquant.export.onnx_export import export_model  # noqa: E402
 from fedquant.federation.bitwidths import parse_setting, setting_name  # noqa: E402
 from fedquant.models import build_model  # noqa: E402
 from fedquant.quant import QuantConfig, calibrate, quant_layers, quantize_model, set_bitwidth  # noqa: E402
-from fedquant.quant.quantizers import host_asymmetric_qparams  # noqa: E402
+from fedquant.quant.grids import host_asymmetric_qparams  # noqa: E402
 from fedquant.runtime.checkpoint import save_checkpoint  # noqa: E402
 from tests.helpers import make_config  # noqa: E402
 
@@ -44,7 +45,7 @@ SETTINGS = ["fp", "w8a8", "w4a4", "w3a3", "w2a2"]
 
 def trained_state(cfg: dict, steps: int = 60) -> dict:
     """A seeded model of the run's config after ``steps`` float SGD steps on the clients' images
-    (the benchmark's own training, :func:`benchmarks.onnx_latency.train`)."""
+    (the benchmark's own training, :func:`benchmarks.timing.onnx_latency.train`)."""
     data_spec, model_spec = experiment_specs(cfg)
     return train(model_spec, federated_data(data_spec), steps, seed=cfg["seed"])
 
@@ -60,10 +61,7 @@ def mlp_run(tmp_path_factory):
 
 
 def evaluator_for(cfg: dict, settings: list[str]):
-    data_spec, model_spec = experiment_specs(cfg)
-    fed = federated_data(data_spec)
-    model = build_quantized_model(model_spec, fed.data, seed=cfg["seed"])
-    return build_evaluator(cfg, model, fed, [parse_setting(s) for s in settings])
+    return server_evaluator(cfg, federated_data(experiment_specs(cfg)[0]), [parse_setting(s) for s in settings])
 
 
 def assert_close_logits(ref: np.ndarray, out: np.ndarray, quantized: bool) -> None:
@@ -265,7 +263,7 @@ def test_resnet20_forward_shapes_and_logits(norm, granularity, narrow):
 # -- the command line --------------------------------------------------------------------------
 
 def run_cli(*argv: str) -> None:
-    cli.main([str(a) for a in argv])
+    main([str(a) for a in argv])
 
 
 def test_cli_default_writes_eval_settings_and_profile_folders(mlp_run, tmp_path, capsys):
@@ -341,22 +339,22 @@ def test_cli_without_the_extra_says_how_to_install(mlp_run, monkeypatch, capsys)
 
 
 def test_cli_writes_nothing_when_a_later_setting_fails(mlp_run, tmp_path, monkeypatch, capsys):
-    built = cli.build_artifact
+    built = export.build_artifact
     calls = []
 
     def fail_second(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
-            raise cli.ExportError("cannot calibrate w3a3: simulated failure")
+            raise export.ExportError("cannot calibrate w3a3: simulated failure")
         return built(*args, **kwargs)
 
-    monkeypatch.setattr(cli, "build_artifact", fail_second)
+    monkeypatch.setattr(export, "build_artifact", fail_second)
     _expect_error(capsys, mlp_run[0], "--settings", "w4a4", "w3a3", "--out", tmp_path / "out", match="simulated failure")
     assert not list((tmp_path / "out").iterdir())
 
 
 def test_onnx_latency_benchmark_runs():
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.onnx_latency", "--tiny", "--settings", "fp", "w4a4",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.timing.onnx_latency", "--tiny", "--settings", "fp", "w4a4",
                            "--repeats", "1", "--calls", "2", "--train-steps", "5"],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -372,7 +370,7 @@ def test_a_width_profile_exports_its_own_sub_model(tmp_path):
     state = trained_state(cfg)
     save_checkpoint(run, 3, {"arrays": state, "config": cfg})
     out = tmp_path / "export"
-    cli.export_run(run, out, log=lambda *_: None)
+    export.export_run(run, out, log=lambda *_: None)
     half, full = (out / "half" / "w4a4.onnx").read_bytes(), (out / "w4a4.onnx").read_bytes()
     assert half != full and len(half) < len(full)
     evaluator = evaluator_for(cfg, ["w4a4"])

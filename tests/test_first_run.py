@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedquant.data import load_dataset
+from fedquant.data import DatasetError, load_dataset
 from fedquant.runtime.simulation import RayUnreachable, check_ray_reachable
 from tests.helpers import make_config
 
@@ -153,36 +153,39 @@ def test_each_dataset_brings_a_model_and_learning_rate_that_train():
 
 
 def _fmnist_or_skip():
+    """Fashion-MNIST, or a skip when its files are not on this machine (only the dataset's own
+    "not found" error: any other loader failure fails the test)."""
     try:
         return load_dataset("fmnist")
-    except Exception:  # noqa: BLE001
-        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    except DatasetError as err:
+        pytest.skip(f"Fashion-MNIST not installed (apt-get install dataset-fashion-mnist): {err}")
 
 
 def test_why_the_fmnist_mlp_diverged_and_the_fmnist_defaults_train():
     """Root cause of `dataset=fmnist` diverging with the digits defaults (MLP, lr 0.05, every
-    layer at the evaluated bits): a real instability, not a bug. At 2 bits every nonzero weight of
-    a channel is +-max|w| (narrow grid, range max|w|), so a straight-through step on a channel's
-    largest weight rescales the whole channel: the output moves by the sum over all its nonzero
-    inputs while the gradient assumed one. The 784-input first layer fed a 2-bit image amplifies
-    the most. Here: 3 classes (a skewed client), W2A2 steps at lr 0.05, two seeds: the loss
-    explodes. Fashion-MNIST's own defaults (the CNN, lr 0.02, first/last layers at 8 bits,
-    QAFedAvg's per-step bit-widths) train on the same data."""
+    layer at the evaluated bits): at 2 bits every nonzero weight of a channel is +-max|w| (narrow
+    grid, range max|w|), so a straight-through step on a channel's largest weight rescales the
+    whole channel: the output moves by the sum over all its nonzero inputs while the gradient
+    assumed one, and the 784-input first layer fed a 2-bit image amplifies it most. Checked here
+    exactly (the mechanism), not by requiring a run to diverge; and Fashion-MNIST's own defaults
+    (the CNN, lr 0.02, first/last layers at 8 bits, per-step bit-widths) train on a skewed client."""
     from fedquant.experiment.specs import experiment_specs, training_plan
     from fedquant.experiment.workspace import build_quantized_model
     from fedquant.federation.bitwidths import parse_setting, setting_source
     from fedquant.learning.local_training import TrainConfig, train_local
     from fedquant.models import build_model
-    from fedquant.quant import QuantConfig, quantize_model
+    from fedquant.quant import QuantConfig, quant_layers, quantize_model
 
     data = _fmnist_or_skip()
+    torch.manual_seed(0)
+    mlp = quantize_model(build_model("mlp", data), QuantConfig(2, 2, pin_first_last=False))
+    first = next(iter(quant_layers(mlp)))
+    with torch.no_grad():
+        w, w_hat = first.weight, first.weight_quantizer(first.weight)
+    top = w.abs().amax(dim=1, keepdim=True)
+    assert torch.equal(w_hat.abs() > 0, w.abs() * 2 > top)  # nonzero where |w| > max|w| / 2 ...
+    assert torch.allclose(w_hat.abs()[w_hat != 0], top.expand_as(w)[w_hat != 0])  # ... and then +-max|w|
     idx = torch.nonzero(torch.isin(data.train_y, torch.tensor([0, 1, 2]))).flatten()[:3000]
-    for seed in (0, 1):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            mlp = quantize_model(build_model("mlp", data), QuantConfig(None, None, pin_first_last=False))
-        loss = train_local(mlp, data, idx, TrainConfig(epochs=1, lr=0.05), lambda: (2, 2), seed=seed).loss
-        assert not loss < 1e3, f"seed {seed}: loss {loss}"  # inf/nan count as diverged
     cfg = make_config("dataset=fmnist")
     _, model_spec = experiment_specs(cfg)
     plan = training_plan(cfg)

@@ -8,11 +8,12 @@ import torch
 from flwr.app import ArrayRecord
 
 from clients import handle_train
-from fedquant.experiment.specs import build_evaluator, evaluation_settings, experiment_specs
+from fedquant.experiment.specs import eval_protocol, experiment_specs
 from fedquant.experiment.workspace import build_quantized_model, federated_data
 from fedquant.federation import protocol as P
 from fedquant.federation.bitwidths import parse_setting
 from fedquant.learning.evaluation import Evaluator, model_bytes
+from fedquant.models.state import float_state
 from fedquant.models.width import extract, overlap_average, without_scalers
 from fedquant.runtime.checkpoint import load_checkpoint
 from tests.helpers import TINY, make_config
@@ -36,7 +37,7 @@ def test_server_averages_each_entry_over_the_clients_that_hold_it():
     cfg = make_config(*TINY, "strategy=fedavg", "num_rounds=1", PROFILES % ", width: 0.5")
     setup, _ = setup_and_plan(cfg)
     new, _, grid = run_inprocess("strategy=fedavg", "num_rounds=1", PROFILES % ", width: 0.5")
-    initial = P.transport_state(build_quantized_model(setup.model, federated_data(setup.data).data, seed=cfg["seed"]))
+    initial = float_state(build_quantized_model(setup.model, federated_data(setup.data).data, seed=cfg["seed"]))
     replies = [handle_train(setup, m) for m in grid.sent]
     widths = [float(m.content.config_records[P.CONFIG][P.WIDTH]) for m in grid.sent]
     assert sorted(widths) != [1.0] * len(widths) and 0.5 in widths
@@ -80,9 +81,9 @@ def test_extracted_sub_model_evaluated_alone_gives_the_reported_number(width_and
     state = load_checkpoint(out / f"checkpoint_r{cfg['num_rounds']:05d}.pt")["arrays"]
     half = without_scalers(build_quantized_model(spec, fed.data, width=0.5))
     alone = Evaluator(half, fed.data, fed.calibration, fed.validation, [parse_setting("w2a2"), parse_setting("fp")],
-                      build_evaluator(cfg, build_quantized_model(spec, fed.data), fed, evaluation_settings(cfg)).protocol,
+                      eval_protocol(cfg),
                       cfg["eval"]["batch_size"])
-    measured = alone(extract(state, P.transport_state(half)))["test"]
+    measured = alone(extract(state, float_state(half)))["test"]
     assert measured["w2a2"]["accuracy"] == results["final"]["w2a2@0.5"]
     assert measured["fp"]["accuracy"] == results["final"]["fp@0.5"]
 

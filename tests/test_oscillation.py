@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedquant.federation.freezing import FreezeState, OscillationPlan
+from fedquant.federation.freezing import FreezeState, OscillationPlan, clip_key
 from fedquant.quant import QuantConfig, quantize_model
 from fedquant.quant.oscillation import (
     FrozenWeights,
@@ -124,13 +124,14 @@ def test_server_freezing_matches_its_formulas():
     w = torch.tensor([[0.9, -0.2, 0.4, 0.1]])  # s_ref = 0.9 / 1 at 2 bits (narrow grid {-1, 0, 1})
     counts = torch.tensor([[0.0, 3.0, 5.0, 1.0]])  # over 20 pooled steps: f_1 = 0, .15, .25, .05
     sums = torch.tensor([[20.0, -14.0, 6.0, 2.0]])  # mean integers 1, -0.7, 0.3, 0.1
-    state.update({"w": counts}, {"w": sums}, 20, {"w": w})
+    clips = {"w": torch.ones(1)}
+    state.update({"w": counts}, {"w": sums}, 20, {"w": w}, clips)
     # F_1 = 0.5 f_1 = 0, .075, .125, .025: only entry 2 passes 0.1; k = round(0.3) = 0, so its 0.4
     # is clamped into [-0.225, 0.225]
     assert torch.allclose(state.frequency["w"], torch.tensor([[0.0, 0.075, 0.125, 0.025]]))
     assert state.frozen["w"].tolist() == [[False, False, True, False]]
     assert state.values["w"][0, 2].item() == pytest.approx(0.225)
-    state.update({"w": torch.tensor([[0.0, 3.0, 0.0, 0.0]])}, {"w": torch.tensor([[20.0, -16.0, 0.0, 0.0]])}, 20, {"w": w})
+    state.update({"w": torch.tensor([[0.0, 3.0, 0.0, 0.0]])}, {"w": torch.tensor([[20.0, -16.0, 0.0, 0.0]])}, 20, {"w": w}, clips)
     # F_2 = 0.5 (0, .15, 0, 0) + 0.5 F_1 = 0, .1125, .0625, .0125: entry 1 freezes with k = round(-0.8) = -1,
     # its -0.2 clamped into [-1.125, -0.675]
     assert torch.allclose(state.frequency["w"], torch.tensor([[0.0, 0.1125, 0.0625, 0.0125]]))
@@ -138,6 +139,35 @@ def test_server_freezing_matches_its_formulas():
     enforced = state.enforce({"w": torch.ones(1, 4)})["w"]
     assert torch.allclose(enforced, torch.tensor([[1.0, -0.675, 0.225, 1.0]]))
     assert state.frozen_share() == 0.5
+
+
+@pytest.mark.parametrize("granularity, clip", [("per_channel", [0.6, 0.8, 0.99999976]), ("per_tensor", [0.7])])
+def test_server_reference_scale_is_the_quantizers_scale_with_its_clip(granularity, clip):
+    """The server freezes on an aggregated state dict: its reference scale must be the weight
+    quantizer's scale at ``ref_bits``, clip included (0.99999976 is ``clip = 1`` after FedAvg),
+    s = clip * max|w| / (2^(b-1) - 1) by hand; and it freezes in the bins of that scale."""
+    torch.manual_seed(0)
+    layer = quantize_model(nn.Linear(5, 3), QuantConfig(weight_bits=4, act_bits=None, weight_granularity=granularity))
+    layer.weight_quantizer.set_clip(torch.tensor(clip))
+    state = {k: v.detach().clone() for k, v in layer.state_dict().items()}
+    w, c = state["weight"], state[clip_key("weight")]
+    plan = OscillationPlan(0.0, freeze_threshold=0.1, freeze_momentum=1.0, ref_bits=3, num_rounds=2,
+                           per_channel=granularity == "per_channel")
+    wd = w.double().numpy()
+    absmax = np.abs(wd).max(axis=1, keepdims=True) if granularity == "per_channel" else np.abs(wd).max()
+    by_hand = np.array(clip).reshape(-1, 1) * absmax / 3  # 3 bits: top grid point 2^2 - 1 = 3
+    s_ref = plan.reference_scale(w, c)
+    assert np.allclose(s_ref.double().numpy(), by_hand, rtol=1e-6, atol=0)
+    assert not np.allclose(s_ref.double().numpy(), absmax / 3, rtol=1e-6, atol=0)  # clip-free: off
+    assert torch.equal(s_ref, layer.weight_quantizer.scale_at(layer.weight, 3))
+    # every entry oscillates: each freezes in the bin of its integer on the clipped reference grid
+    integers = integer_weights(layer, 3)
+    freeze = FreezeState(plan)
+    freeze.update({"weight": torch.full_like(w, 5.0)}, {"weight": 10 * integers}, 10, {"weight": w}, {"weight": c})
+    s = torch.from_numpy(by_hand)
+    expected = torch.minimum(torch.maximum(w.double(), (integers.double() - 0.25) * s), (integers.double() + 0.25) * s)
+    assert freeze.frozen["weight"].all()
+    assert torch.allclose(freeze.values["weight"].double(), expected, rtol=1e-6, atol=0)
 
 
 def test_dampening_weight_is_cosine_annealed_from_zero():
@@ -202,7 +232,8 @@ def test_one_weight_stops_oscillating_once_the_server_freezes_it():
     first = train(40)
     assert first.counts["weight"][0, 0] >= 10
     state = FreezeState(OscillationPlan(0.0, freeze_threshold=0.1, freeze_momentum=1.0, ref_bits=2, num_rounds=2))
-    state.update(first.counts, first.integer_sums, first.steps, {"weight": model.weight.detach().clone()})
+    state.update(first.counts, first.integer_sums, first.steps, {"weight": model.weight.detach().clone()},
+                 {"weight": model.state_dict()[clip_key("weight")]})
     assert state.frozen["weight"].tolist() == [[True, False]]
     with torch.no_grad():  # the next round's global model carries the frozen value
         model.weight.copy_(state.enforce({"weight": model.weight.detach()})["weight"])

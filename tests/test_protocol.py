@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from fedquant.app import check_config
-from fedquant.experiment.specs import build_evaluator, evaluation_settings, experiment_specs
+from fedquant.experiment.specs import experiment_specs, server_evaluator
 from fedquant.experiment.workspace import build_quantized_model, federated_data
-from fedquant.federation.protocol import load_transport_state, transport_state
 from fedquant.learning.evaluation import EvalProtocol, Evaluator, accuracy, model_bytes
+from fedquant.models.state import float_state, load_float_state
 from fedquant.quant import (
     QuantConfig,
     calibrate,
@@ -37,13 +37,12 @@ def test_default_config_deploys_first_and_last_layer_at_8_bits_and_says_so():
     set_bitwidth(model, 2, 2)
     assert layers[0].weight_quantizer.bits == 8 and layers[0].input_quantizer.bits == 8  # the input image
     assert layers[-1].weight_quantizer.bits == 8 and layers[1].weight_quantizer.bits == 2
-    described = build_evaluator(cfg, model, fed, evaluation_settings(cfg)).describe()
+    described = server_evaluator(cfg, fed).describe()
     assert described["first_last_bits"] == 8
     assert described["calibration_samples"] == 256 and described["validation_samples"] == 128
     strict = make_config("quantization.pin_first_last=false")
     fed2 = federated_data(experiment_specs(strict)[0])
-    strict_model = build_quantized_model(experiment_specs(strict)[1], fed2.data)
-    assert build_evaluator(strict, strict_model, fed2, evaluation_settings(strict)).describe()["first_last_bits"] is None
+    assert server_evaluator(strict, fed2).describe()["first_last_bits"] is None
 
 
 @pytest.mark.parametrize("name", ["fmnist_qafedavg", "fmnist_fedavg", "cifar_qafedavg", "cifar_fedavg"])
@@ -85,12 +84,12 @@ class _Images:
 def test_one_batchnorm_rule_for_every_setting_fp_included(reestimate):
     model, x = _bn_model()
     data = _Images(x)
-    state = transport_state(model)
+    state = float_state(model)
     ev = Evaluator(copy.deepcopy(model), data, torch.arange(32), torch.arange(32, 64), [(None, None), (8, 8)],
                    EvalProtocol(reestimate_bn=reestimate))
     result = ev(state)
     ref = copy.deepcopy(model)
-    load_transport_state(ref, state)
+    load_float_state(ref, state)
     if reestimate:
         reestimate_batchnorm(ref, [x[:32]])
     expected_fp = accuracy(ref, data, x, data.test_y)[1]
@@ -136,7 +135,7 @@ def test_adaround_and_bias_correction_are_separate_protocol_choices():
                            QuantConfig(None, None))
     x = torch.randn(96, 1, 4, 4)
     data = _Images(x)
-    state = transport_state(model)
+    state = float_state(model)
     results = {}
     for ptq, bc in (("basic", False), ("basic", True), ("adaround", False)):
         ev = Evaluator(copy.deepcopy(model), data, torch.arange(64), torch.arange(64, 96), [(2, 8)],

@@ -11,7 +11,7 @@ from fedquant.quant import (
     asymmetric_qparams,
     weight_grid,
 )
-from fedquant.quant.quantizers import host_asymmetric_qparams
+from fedquant.quant.grids import host_asymmetric_qparams
 
 BITS = [2, 3, 4, 6, 8]
 

@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord
 
 from fedquant.app import run_experiment
 from fedquant.experiment.workspace import build_quantized_model, federated_data
-from fedquant.federation import protocol as P
+from fedquant.models.state import float_state
 from fedquant.runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from strategies import DivergenceError, TooFewReplies
 from tests.helpers import TINY, make_config, strip_seconds
@@ -37,7 +37,7 @@ def start_inprocess(*overrides, **strategy_kwargs):
     strategy = recording_strategy("fedavg", plan, **strategy_kwargs)
     model = build_quantized_model(setup.model, federated_data(setup.data).data)
     grid = InProcessGrid(setup, cfg["clients_per_round"])
-    strategy.start(grid=grid, initial_arrays=ArrayRecord(P.transport_state(model)), num_rounds=cfg["num_rounds"],
+    strategy.start(grid=grid, initial_arrays=ArrayRecord(float_state(model)), num_rounds=cfg["num_rounds"],
                    train_config=train_config(cfg))
     return strategy
 

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from fedquant.analysis.report import REPORT_FILES, ReportError, collect, main, make_report
-from fedquant.analysis.stats import last_k_figure, mean_std, paired_difference
+from fedquant.report.__main__ import main
+from fedquant.report.make import REPORT_FILES, make_report
+from fedquant.report.runs import ReportError, collect
+from fedquant.report.stats import last_k_figure, mean_std, paired_difference
 from fedquant.tracking.plots import (
     figure_accuracy_vs_bits,
     figure_methods_vs_bits,

@@ -1,14 +1,19 @@
 """End to end through Flower's simulation engine and Ray, and the command line."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from flwr.superlink.grid import InMemoryGrid
 
 from fedquant.app import run_experiment
+from fedquant.runtime import simulation
+from fedquant.runtime.simulation import REPLY_POLL_S, poll_replies_often
 from tests.fixtures import cifar_files
 from tests.helpers import TINY, make_config, strip_seconds
 
@@ -73,7 +78,7 @@ def cli(*args, timeout=300):
 def test_cli_bad_config_is_one_line_exit_2(tmp_path):
     proc = cli("clients_per_round=20", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: clients_per_round=20 is not valid: allowed is an integer in 1..10"
+    assert proc.stderr.strip() == "error: clients_per_round=20 is not valid: allowed is an integer in 1..10 (at most num_clients)"
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
@@ -105,3 +110,35 @@ def test_every_shipped_cifar_experiment_starts_on_real_format_files(tmp_path):
         widths = {"fp@0.5", "fp@0.25"} if res["config"]["strategy"]["profiles"] else set()  # cifar_heterofl
         assert set(res["final"]) == {"fp", "w4a4"} | widths and res["config"]["dataset"]["augment"] is True
         assert res["partition"] == {"sizes": [20, 20, 20, 20], "calibration": 32, "validation": 8}
+
+
+def test_flowers_simulation_grid_polls_replies_every_5_ms():
+    grid = InMemoryGrid(state_factory=SimpleNamespace(state=lambda: None))  # as run_simulation builds it
+    assert grid.pull_interval == 0.1  # Flower's default, which poll_replies_often exists to change
+    poll_replies_often(grid)
+    assert grid.pull_interval == REPLY_POLL_S == 0.005
+
+
+def test_a_grid_without_pull_interval_warns_once_and_keeps_flowers_default(monkeypatch, caplog):
+    class RenamedGrid(InMemoryGrid):  # a Flower whose grid calls the interval something else
+        def __init__(self, state_factory):
+            super().__init__(state_factory)
+            self._poll_every = self.pull_interval
+            del self.pull_interval
+
+    monkeypatch.setattr(simulation, "_warned", set())
+    grid = RenamedGrid(SimpleNamespace(state=lambda: None))
+    with caplog.at_level(logging.WARNING, logger="fedquant"):
+        poll_replies_often(grid)
+        poll_replies_often(grid)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "fedquant"]
+    assert len(warnings) == 1 and "RenamedGrid has no attribute 'pull_interval'" in warnings[0]
+    assert "installed flwr" in warnings[0] and "\n" not in warnings[0]
+    assert not hasattr(grid, "pull_interval") and grid._poll_every == 0.1  # nothing set that Flower would not read
+
+
+def test_other_grids_are_left_alone(caplog):
+    grid = SimpleNamespace(pull_interval=3.0)  # e.g. a deployment grid, or the tests' in-process one
+    with caplog.at_level(logging.WARNING, logger="fedquant"):
+        poll_replies_often(grid)
+    assert grid.pull_interval == 3.0 and not caplog.records

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
 
 from clients import ClientSetup
 from fedquant.experiment.specs import experiment_specs, training_plan
@@ -11,6 +12,9 @@ from fedquant.federation import protocol as P
 from fedquant.federation.bitwidths import parse_settings
 from fedquant.federation.plan import TrainingPlan
 from fedquant.federation.profiles import Profile, assign_profiles
+from fedquant.models.state import float_state
+from strategies import FlowerMismatch, QuantAwareMixin
+from strategies.sending import shared_record
 from tests.helpers import TIMING_KEYS, TINY, make_config
 from tests.inprocess import InProcessGrid, recording_strategy, set_identity, train_config
 
@@ -26,7 +30,7 @@ def run_inprocess(*overrides, server="fedavg", nodes=None, **server_options):
     strategy = recording_strategy(server, plan, **server_options)
     model = build_quantized_model(setup.model, federated_data(setup.data).data, seed=cfg["seed"])
     grid = InProcessGrid(setup, nodes or cfg["clients_per_round"])
-    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(P.transport_state(model)),
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(float_state(model)),
                             num_rounds=cfg["num_rounds"], train_config=train_config(cfg))
     return result.arrays.to_torch_state_dict(), strategy, grid
 
@@ -168,3 +172,42 @@ def test_the_round_learning_rate_follows_the_schedule():
     expected = {r: lr * 0.1 + (lr - lr * 0.1) * (1 + math.cos(math.pi * (r - 1) / 3)) / 2 for r in (1, 2, 3)}
     assert all(len(v) == 1 for v in sent.values())  # every client of a round gets the round's lr
     assert {r: next(iter(v)) for r, v in sent.items()} == pytest.approx(expected)
+
+
+def train_message(node: int, server_round: int = 1) -> Message:
+    return Message(RecordDict({P.CONFIG: ConfigRecord({"server-round": server_round})}), dst_node_id=node,
+                   message_type="train")
+
+
+def test_every_client_message_is_built_from_flowers_one_record_checked():
+    set_identity()
+    same = train_message(1).content
+    shared = [Message(same, dst_node_id=n, message_type="train") for n in (1, 2)]  # as Flower's FedAvg sends
+    assert shared_record(shared, "S") is same
+    copies = [train_message(1), train_message(2)]  # equal content, one copy per node: fine too
+    assert shared_record(copies, "S") is copies[0].content
+    with pytest.raises(FlowerMismatch, match=r"^QuantAwareFedAvg: Flower's configure_train gave node 3 other "
+                                             r"content than node 1, .*tested version"):
+        shared_record([*copies, train_message(3, server_round=2)], "QuantAwareFedAvg")
+    with pytest.raises(FlowerMismatch, match="sampled no node"):
+        shared_record([], "QuantAwareFedAvg")
+
+
+class PerNodeFedAvg(FedAvg):
+    """A Flower strategy that sends each node its own train config."""
+
+    def configure_train(self, server_round, arrays, config, grid):
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        for i, m in enumerate(messages):
+            m.content = RecordDict({**m.content, P.CONFIG: ConfigRecord({**m.content[P.CONFIG], "node-rank": i})})
+        return messages
+
+
+def test_a_flower_strategy_with_per_node_content_is_refused_not_averaged_away():
+    cfg = make_config(*TINY)
+    setup, plan = setup_and_plan(cfg)
+    strategy = type("QuantAwarePerNodeFedAvg", (QuantAwareMixin, PerNodeFedAvg), {})(plan=plan, server_name="fedavg")
+    model = build_quantized_model(setup.model, federated_data(setup.data).data, seed=cfg["seed"])
+    with pytest.raises(FlowerMismatch, match="QuantAwarePerNodeFedAvg: Flower's configure_train gave node"):
+        strategy.start(grid=InProcessGrid(setup, 3), initial_arrays=ArrayRecord(float_state(model)), num_rounds=1,
+                       train_config=train_config(cfg))

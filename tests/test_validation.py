@@ -43,8 +43,8 @@ BAD = [
     (["strategy.bits=[4,1]"], "strategy.bits[1]=1 is out of range: allowed is an integer in 2..16"),
     (["strategy.sampling=fixed"], "strategy.bits=['2', '3', '4', '6', '8'] is not valid with strategy.sampling=fixed: allowed is exactly one setting"),
     ([f"strategy.profiles=[{PROFILE % ('a', 0.5, [8])}, {PROFILE % ('b', 0.3, [4])}]"], "strategy.profiles shares sum to 0.8: allowed is a sum of 1"),
-    ([f"strategy.profiles=[{PROFILE % ('a', 1.0, [8, 17])}]"], "strategy.profiles[0].bits contains 17: allowed are integers in 2..16"),
-    ([f"strategy.profiles=[{PROFILE % ('a', 1.0, [1])}]"], "strategy.profiles[0].bits contains 1: allowed are integers in 2..16"),
+    ([f"strategy.profiles=[{PROFILE % ('a', 1.0, [8, 17])}]"], "strategy.profiles[0].bits[1]=17 is out of range: allowed is an integer in 2..16"),
+    ([f"strategy.profiles=[{PROFILE % ('a', 1.0, [1])}]"], "strategy.profiles[0].bits[0]=1 is out of range: allowed is an integer in 2..16"),
     ([f"strategy.profiles=[{PROFILE % ('a', 0.5, [8])}, {PROFILE % ('a', 0.5, [4])}]"], "strategy.profiles[1].name='a' is not valid"),
     ([f"strategy.profiles=[{PROFILE % ('a', 1.0, [5])}]"], "strategy.profiles[0].bits=[5] shares no bit-width with strategy.bits"),
     (["partition.name=pathological"], "partition.name='pathological' is not valid: allowed are iid, dirichlet, shards"),
@@ -100,3 +100,67 @@ def test_study_arms_compose_from_their_base():
     profiles = make_config("+experiment=fmnist_qafedavg_profiles", "partition=iid")
     assert [p["name"] for p in profiles["strategy"]["profiles"]] == ["npu8", "dsp4", "mcu2"]
     assert profiles["partition"]["name"] == "iid"
+
+
+def test_profiles_take_the_settings_strategy_bits_takes():
+    """One bit-width rule: a profile accepts every setting strategy.bits accepts (w4a8 included)."""
+    cfg = make_config("strategy.bits=[w4a8,8]", "strategy.profiles=[{name: a, share: 1.0, bits: [w4a8]}]")
+    validate(cfg)
+    with pytest.raises(ConfigError, match=r"strategy.profiles\[0\].bits\[0\]='w4a20' is out of range"):
+        validate(make_config("strategy.profiles=[{name: a, share: 1.0, bits: [w4a20]}]"))
+
+
+def test_an_unknown_key_names_the_nearest_known_one():
+    with pytest.raises(ConfigError, match=r"^num_round is not a config key: did you mean num_rounds\?"):
+        validate(make_config("+num_round=3"))
+    with pytest.raises(ConfigError, match=r"^eval.ptqq is not a config key: did you mean eval.ptq\?"):
+        validate(make_config("+eval.ptqq=adaround"))
+
+
+def test_conf_sets_only_keys_the_schema_knows_and_every_key_is_documented():
+    """The schema is the one list of keys: the composed default config has exactly its keys (the
+    groups' variant sections included), and every key has a one-line doc."""
+    import dataclasses
+
+    from fedquant.experiment import schema
+    from fedquant.quant import QuantConfig
+
+    cfg = make_config()
+    defaults = schema.defaults()
+    assert set(cfg) == set(defaults)
+    for section in ("client", "eval", "strategy", "faults", "checkpoint", "simulation", "quantization"):
+        assert set(cfg[section]) == set(defaults[section]), section
+    classes = [schema.Experiment, schema.Model, schema.Dataset, schema.Strategy, schema.Profile, schema.Client,
+               schema.Eval, schema.Faults, schema.Checkpoint, schema.Simulation, schema.Dirichlet, schema.Shards,
+               schema.Wandb, QuantConfig]
+    undocumented = [f"{c.__name__}.{f.name}" for c in classes for f in dataclasses.fields(c)
+                    if not dataclasses.is_dataclass(f.default_factory) and not f.metadata.get("doc")]
+    assert not undocumented
+
+
+def test_eval_protocol_is_taken_from_the_eval_section_by_name():
+    from fedquant.experiment.specs import eval_protocol
+
+    cfg = make_config("eval.ptq=adaround", "eval.adaround_iterations=7", "eval.act_range=percentile",
+                      "eval.act_percentile=99.5", "eval.bias_correction=true", "eval.weight_range=mse",
+                      "eval.reestimate_bn=false")
+    p = eval_protocol(cfg)
+    assert (p.ptq, p.adaround_iterations, p.act_range, p.act_percentile, p.bias_correction, p.weight_range,
+            p.reestimate_bn) == ("adaround", 7, "percentile", 99.5, True, "mse", False)
+
+
+def test_overrides_of_a_finished_run_go_through_the_same_checks():
+    """What reevaluate and the benchmarks change in a run's config is checked like the command line,
+    and a config from an older version (a key missing) takes the schema's default."""
+    from fedquant.experiment.config import with_overrides
+    from strategies import server_options
+
+    cfg = make_config()
+    old = {**cfg, "eval": {k: v for k, v in cfg["eval"].items() if k != "bias_correction"}}
+    new = with_overrides(old, {"eval.ptq": "adaround"}, server_options())
+    assert new["eval"]["ptq"] == "adaround" and new["eval"]["bias_correction"] is False
+    assert cfg["eval"]["ptq"] == "basic"  # the input is not changed
+    with pytest.raises(ConfigError, match=r"^eval.ptq='gptq' is not valid: allowed are basic, adaround$"):
+        with_overrides(cfg, {"eval.ptq": "gptq"}, server_options())
+    with pytest.raises(ConfigError, match=r"^eval.ptqq is not a config key"):
+        with_overrides(cfg, {"eval.ptqq": "adaround"}, server_options())

@@ -3,6 +3,7 @@ every process rebuilds from), the training plan, the evaluation settings and the
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import torch
@@ -39,10 +40,10 @@ def training_plan(cfg: Mapping) -> TrainingPlan:
     """Client sampling, device profiles, bit-width assignment and fault injection from ``cfg``."""
     strat, faults, client = cfg["strategy"], cfg["faults"], cfg["client"]
     schedule = None
-    if client.get("lr_schedule", "constant") != "constant":
+    if client["lr_schedule"] != "constant":
         schedule = LRSchedule(client["lr_schedule"], float(client["lr"]), cfg["num_rounds"],
-                              float(client.get("lr_min_factor", 0.0)), int(client.get("lr_step_rounds", 10)),
-                              float(client.get("lr_gamma", 0.1)))
+                              float(client["lr_min_factor"]), int(client["lr_step_rounds"]),
+                              float(client["lr_gamma"]))
     bits = parse_settings(strat["bits"], "strategy.bits")
     return TrainingPlan(strat["name"], strat["sampling"], bits, cfg["num_clients"], cfg["clients_per_round"], cfg["seed"],
                         profiles_from_config(strat["profiles"]),
@@ -55,14 +56,14 @@ def oscillation_plan(cfg: Mapping, bits: list[Setting]) -> OscillationPlan | Non
     counted on the grid of the lowest weight bit-width in ``bits`` that a client trains (a device
     profile's); None when both are off."""
     client, quant = cfg["client"], cfg["quantization"]
-    dampen, threshold = float(client.get("dampen_weight", 0.0)), float(client.get("freeze_threshold", 0.0))
+    dampen, threshold = float(client["dampen_weight"]), float(client["freeze_threshold"])
     if not (dampen or threshold):
         return None
     profiles = profiles_from_config(cfg["strategy"]["profiles"])
     trained = [s for s in bits if not profiles or any(s in p.settings for p in profiles)] or bits
     ref_bits = min(w for w, _ in trained if w is not None)
-    return OscillationPlan(dampen, threshold, float(client.get("freeze_momentum", 0.5)), ref_bits, cfg["num_rounds"],
-                           bool(quant.get("narrow_range", True)), quant.get("weight_granularity", "per_channel") == "per_channel")
+    return OscillationPlan(dampen, threshold, float(client["freeze_momentum"]), ref_bits, cfg["num_rounds"],
+                           bool(quant["narrow_range"]), quant["weight_granularity"] == "per_channel")
 
 
 def evaluation_settings(cfg: Mapping, names=None, key: str = "eval.settings") -> list[Setting]:
@@ -73,29 +74,30 @@ def evaluation_settings(cfg: Mapping, names=None, key: str = "eval.settings") ->
     return with_profile_settings(settings, [p for p in profiles_from_config(cfg["strategy"]["profiles"]) if p.width == 1])
 
 
-def eval_protocol(cfg: Mapping, **overrides) -> EvalProtocol:
-    """The ``eval`` options of ``cfg`` as an :class:`EvalProtocol` (``overrides`` replace some,
-    e.g. ``ptq="adaround"`` for a re-evaluation)."""
-    ev = {**cfg["eval"], **overrides}
-    return EvalProtocol(ev["weight_range"], ev["act_range"], float(ev["act_percentile"]), ev["reestimate_bn"],
-                        ev["ptq"], int(ev["adaround_iterations"]), bool(ev.get("bias_correction", False)))
+def eval_protocol(cfg: Mapping) -> EvalProtocol:
+    """The protocol keys of the checked ``eval`` section (the fields :class:`EvalProtocol` and the
+    schema's ``eval`` section share, taken by name)."""
+    return EvalProtocol(**{f.name: cfg["eval"][f.name] for f in dataclasses.fields(EvalProtocol)})
 
 
-def build_evaluator(cfg: Mapping, model: nn.Module, fed: FederatedData, settings: list[Setting],
-                    device: torch.device | str = "cpu", **overrides) -> Evaluator | LevelledEvaluator:
-    """The server's evaluator for ``model`` with the ``eval`` options of ``cfg`` (``overrides``
-    as in :func:`eval_protocol`); with width profiles it also tests each width level's sub-model
-    (at fp and its profiles' settings, see :mod:`fedquant.learning.width_evaluation`)."""
-    protocol = eval_protocol(cfg, **overrides)
+def server_evaluator(cfg: Mapping, fed: FederatedData, settings: list[Setting] | None = None,
+                     device: torch.device | str = "cpu") -> Evaluator | LevelledEvaluator:
+    """The server's evaluator for a checked ``cfg``: its model built from the config's model spec,
+    the ``eval`` protocol, the hold-out of ``fed``, at ``settings`` (default
+    :func:`evaluation_settings`). With width profiles it also tests each width level's sub-model
+    (at fp and its profiles' settings, see :mod:`fedquant.learning.width_evaluation`). The run, its
+    re-evaluation and its export all build their evaluator here."""
+    _, spec = experiment_specs(cfg)
+    protocol = eval_protocol(cfg)
+    settings = evaluation_settings(cfg) if settings is None else settings
 
     def evaluator(m: nn.Module, at: list[Setting]) -> Evaluator:
         return Evaluator(m, fed.data, fed.calibration, fed.validation, at, protocol, cfg["eval"]["batch_size"], device)
 
-    full = evaluator(model, settings)
+    full = evaluator(build_quantized_model(spec, fed.data, cfg["seed"]), settings)
     levels = width_levels(profiles_from_config(cfg["strategy"]["profiles"]))
     if not levels:
         return full
-    _, spec = experiment_specs(cfg)
     return LevelledEvaluator(full, {
         width: evaluator(without_scalers(build_quantized_model(spec, fed.data, cfg["seed"], width)),
                          [FLOAT] + [s for s in at if s != FLOAT])
@@ -104,7 +106,7 @@ def build_evaluator(cfg: Mapping, model: nn.Module, fed: FederatedData, settings
 
 def round_schedule(cfg: Mapping) -> Schedule:
     """When the server evaluates and checkpoints (``eval.every``, ``eval.initial``, ``checkpoint.every``)."""
-    return Schedule(cfg["num_rounds"], cfg["eval"]["every"], cfg["eval"].get("initial", True),
+    return Schedule(cfg["num_rounds"], cfg["eval"]["every"], cfg["eval"]["initial"],
                     cfg["checkpoint"]["every"])
 
 

@@ -17,7 +17,10 @@ The client side (counting flips, the dampening loss, keeping frozen weights fixe
   for a weight flipping between two integers rounds to the one it sat on longer): the latent
   value becomes the aggregated weight clamped into the inner half of that bin,
   ``v(e) = clamp(w(e), (k - 1/4) s_ref, (k + 1/4) s_ref)``, ``s_ref`` the reference scale of the
-  aggregated weight. On the reference grid the weight is then ``k`` with a quarter step of
+  aggregated weight: the scale its weight quantizer has at ``ref_bits``,
+  ``s_ref = clip * max|w| / (2^(b-1) - 1)`` (:func:`fedquant.quant.grids.weight_scale`, the
+  formula the clients quantize and count with), ``clip`` the aggregated
+  ``<layer>.weight_quantizer.clip`` (:func:`clip_key`). On the reference grid the weight is then ``k`` with a quarter step of
   margin against scale drift, and it moves as little as that allows, so the other bit-widths
   keep nearly the trained value (the paper, with one bit-width, fixes the integer itself;
   snapping the latent weight to ``k s_ref`` would move it by up to half a reference step at
@@ -38,7 +41,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..quant.quantizers import symmetric_scale, weight_grid
+from ..quant.grids import weight_grid, weight_scale
+
+
+def clip_key(weight_name: str) -> str:
+    """The state-dict name of the clip of the weight quantizer next to ``weight_name``:
+    ``<layer>.weight`` -> ``<layer>.weight_quantizer.clip``."""
+    if not weight_name.endswith("weight"):
+        raise ValueError(f"{weight_name!r} is not the name of a layer's weight")
+    return weight_name + "_quantizer.clip"
 
 
 @dataclass(frozen=True)
@@ -65,13 +76,14 @@ class OscillationPlan:
         t = (server_round - 1) / (self.num_rounds - 1)
         return self.dampen_weight * (1 - math.cos(math.pi * min(max(t, 0.0), 1.0))) / 2
 
-    def reference_scale(self, weight: torch.Tensor) -> torch.Tensor:
-        """``s_ref``: the symmetric scale of ``weight`` at ``ref_bits`` (max range, as in training)."""
-        if self.per_channel and weight.dim() > 1:
-            absmax = weight.abs().amax(dim=tuple(range(1, weight.dim())), keepdim=True)
-        else:
-            absmax = weight.abs().amax()
-        return symmetric_scale(absmax, self.ref_bits)
+    def reference_scale(self, weight: torch.Tensor, clip: torch.Tensor) -> torch.Tensor:
+        """``s_ref = clip * max|w| / (2^(b-1) - 1)`` at ``ref_bits``: the scale the weight's quantizer
+        (with the clip fractions ``clip``) has at ``ref_bits``, shaped to broadcast over ``weight``."""
+        channels = weight.shape[0] if self.per_channel else 1
+        if clip.numel() != channels:
+            raise ValueError(f"clip has {clip.numel()} entries, the weight's quantizer {channels}")
+        s = weight_scale(weight, clip.reshape(channels), self.ref_bits, self.per_channel)
+        return s.reshape((-1,) + (1,) * (weight.dim() - 1)) if self.per_channel else s
 
 
 @dataclass
@@ -85,10 +97,12 @@ class FreezeState:
     values: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def update(self, counts: dict[str, torch.Tensor], integer_sums: dict[str, torch.Tensor], steps: int,
-               weights: dict[str, torch.Tensor]) -> None:
+               weights: dict[str, torch.Tensor], clips: dict[str, torch.Tensor]) -> None:
         """Pool one round's client statistics (already summed over clients, ``steps`` summed too)
         and freeze the entries whose frequency EMA passes the threshold, in the bins of the
-        reference grid of the aggregated ``weights`` (see the module docstring)."""
+        reference grid of the aggregated ``weights`` and their quantizers' aggregated ``clips``
+        (both by weight name; a clip is the state's :func:`clip_key` entry; see the module
+        docstring)."""
         if steps <= 0:
             return
         mu = self.plan.freeze_momentum
@@ -102,7 +116,7 @@ class FreezeState:
             if bool(new.any()):
                 w = weights[name].float()
                 integer = torch.round(integer_sums[name].double() / steps).clamp_(qmin, qmax).float()
-                s = self.plan.reference_scale(w)
+                s = self.plan.reference_scale(w, clips[name].float())
                 value = torch.minimum(torch.maximum(w, (integer - 0.25) * s), (integer + 0.25) * s)
                 self.values[name] = torch.where(new, value, self.values.get(name, torch.zeros_like(w)))
                 self.frozen[name] = old | new

@@ -10,6 +10,8 @@ from collections import Counter
 from ..quant.config import MAX_BITS
 from .bitwidths import Setting, parse_setting, setting_name
 
+TESTED_FLWR = ("1.41", "1.42")  # the Flower releases (major.minor) tested, as pyproject.toml's pin says
+
 ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
@@ -85,17 +87,3 @@ def train_fields(record) -> dict:
     fields["dampen_weight"] = float(record.get(DAMPEN, 0.0))
     fields["track_bits"] = int(record.get(TRACK_BITS, 0)) or None
     return fields
-
-
-def transport_state(model) -> dict:
-    """The model state that travels and is averaged: every parameter and float buffer (latent
-    weights, BN statistics, quantizer ranges); integer counters (BN ``num_batches_tracked``) stay."""
-    return {k: v.detach() for k, v in model.state_dict().items() if v.is_floating_point()}
-
-
-def load_transport_state(model, state: dict) -> None:
-    """Load a :func:`transport_state` into ``model``; fails loudly on a key mismatch."""
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
-    if missing or result.unexpected_keys:
-        raise ValueError(f"model state does not match the model: missing {missing}, unexpected {result.unexpected_keys}")

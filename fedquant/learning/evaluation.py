@@ -25,11 +25,12 @@ from torch import nn
 
 from ..data import Dataset
 from ..federation.bitwidths import FLOAT, Setting, setting_name
-from ..federation.protocol import load_transport_state
+from ..fields import check_fields, key
+from ..models.state import load_float_state
 from ..quant import calibrate, quant_layers, reestimate_batchnorm, set_bitwidth, set_weight_ranges
 from ..quant.adaround import AdaRoundConfig, adaround
 from ..quant.bias_correction import correct_bias
-from ..quant.config import ACT_RANGES, WEIGHT_RANGES, check_choice
+from ..quant.config import ACT_RANGES, WEIGHT_RANGES
 from .batches import memory_format_for, to_input
 
 PTQ_METHODS = ("basic", "adaround")
@@ -62,20 +63,22 @@ def model_bytes(model: nn.Module, setting: Setting) -> int:
 
 @dataclass(frozen=True)
 class EvalProtocol:
-    """How the server turns the global model into a deployed model at each setting."""
+    """How the server turns the global model into a deployed model at each setting (the ``eval``
+    options of the config, which the experiment schema takes from these fields)."""
 
-    weight_range: str = "max"  # max | mse
-    act_range: str = "minmax"  # minmax | mse | percentile
-    act_percentile: float = 99.99
-    reestimate_bn: bool = True  # for every setting, fp included
-    ptq: str = "basic"  # basic (round to nearest) | adaround
-    adaround_iterations: int = 500
-    bias_correction: bool = False  # empirical bias correction (layers with a bias)
+    weight_range: str = key("max", "weight range per setting: max (|w|max) | mse (MSE-optimal clip)",
+                            choices=WEIGHT_RANGES)
+    act_range: str = key("minmax", "activation range on the calibration images: minmax | mse | percentile",
+                         choices=ACT_RANGES)
+    act_percentile: float = key(99.99, "for act_range=percentile", gt=50.0, le=100.0)
+    reestimate_bn: bool = key(True, "one BatchNorm rule for every setting, fp included: re-estimate on the "
+                                    "calibration images (true) or keep the trained statistics (false)")
+    ptq: str = key("basic", "post-training quantization: basic (round to nearest) | adaround", choices=PTQ_METHODS)
+    adaround_iterations: int = key(500, "AdaRound iterations per layer (the paper uses 10,000)", ge=1)
+    bias_correction: bool = key(False, "empirical bias correction of layers with a bias (after calibration)")
 
     def __post_init__(self) -> None:
-        check_choice(self.weight_range, WEIGHT_RANGES, "weight_range")
-        check_choice(self.act_range, ACT_RANGES, "act_range")
-        check_choice(self.ptq, PTQ_METHODS, "ptq")
+        check_fields(self)  # the same field rules the config is checked with
 
     def describe(self, model: nn.Module, calibration: int, validation: int) -> dict:
         """The protocol as results.json states it."""
@@ -125,7 +128,7 @@ class Evaluator:
     def deploy(self, state: dict[str, torch.Tensor], setting: Setting) -> nn.Module:
         """The model as deployed at ``setting``: steps 1-3 of the module docstring."""
         p = self.protocol
-        load_transport_state(self.model, state)
+        load_float_state(self.model, state)
         set_bitwidth(self.model, *setting)
         if setting == FLOAT:
             if p.reestimate_bn and self._calib:
@@ -148,7 +151,7 @@ class Evaluator:
     def _float_reference(self, state: dict[str, torch.Tensor]) -> nn.Module:
         if self._float is None:
             self._float = copy.deepcopy(self.model)
-        load_transport_state(self._float, state)
+        load_float_state(self._float, state)
         set_bitwidth(self._float, None, None)
         if self.protocol.reestimate_bn:
             reestimate_batchnorm(self._float, self._calib)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..federation.profiles import at_width
-from ..federation.protocol import transport_state
+from ..models.state import float_state
 from ..models.width import extract
 from .evaluation import Evaluator
 
@@ -36,7 +36,7 @@ class LevelledEvaluator:
     def __call__(self, state: dict[str, torch.Tensor]) -> dict[str, dict[str, dict[str, float]]]:
         out = self.full(state)
         for width, evaluator in self.levels.items():
-            sub = evaluator(extract(state, transport_state(evaluator.model)))
+            sub = evaluator(extract(state, float_state(evaluator.model)))
             for split, results in sub.items():
                 out[split].update({at_width(name, width): v for name, v in results.items()})
         return out

@@ -2,6 +2,7 @@
 
 from .calibration import calibrate, reestimate_batchnorm, set_weight_ranges
 from .config import QuantConfig, check_bits
+from .grids import act_grid, asymmetric_qparams, weight_grid
 from .modules import (
     QuantConv2d,
     QuantLinear,
@@ -10,13 +11,7 @@ from .modules import (
     quantize_model,
     set_bitwidth,
 )
-from .quantizers import (
-    ActivationQuantizer,
-    WeightQuantizer,
-    act_grid,
-    asymmetric_qparams,
-    weight_grid,
-)
+from .quantizers import ActivationQuantizer, WeightQuantizer
 from .regularizers import gradient_l1_loss, kurtosis, kurtosis_loss
 
 __all__ = [

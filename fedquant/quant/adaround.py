@@ -44,8 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .grids import symmetric_scale, weight_grid
 from .modules import QuantConv2d, quant_layers
-from .quantizers import WeightQuantizer, symmetric_scale, weight_grid
+from .quantizers import WeightQuantizer
 
 ZETA, GAMMA = 1.1, -0.1
 CHUNK = 256  # samples per forward when computing targets and errors over all cached inputs

@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from .config import ACT_RANGES, WEIGHT_RANGES, check_choice
+from .fake_quantize import memory_order
+from .grids import asymmetric_qparams
 from .modules import quant_layers
-from .quantizers import asymmetric_qparams, memory_order
 
 CLIP_GRID = torch.linspace(0.05, 1.0, 39)  # candidate fractions of the observed range (step 0.025)
 SAMPLE_PER_BATCH = 4096  # activation values kept per batch and quantizer for the MSE search

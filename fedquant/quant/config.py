@@ -5,6 +5,8 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass
 
+from ..fields import check_fields, key
+
 MIN_BITS, MAX_BITS = 2, 16
 GRANULARITIES = ("per_channel", "per_tensor")
 RANGE_TRACKING = ("running", "hindsight")
@@ -25,6 +27,10 @@ def check_bits(bits: object, what: str = "bits", allow_none: bool = True) -> int
     if not MIN_BITS <= int(bits) <= MAX_BITS:
         raise ValueError(f"{what}={bits!r} is out of range: allowed is an integer in {MIN_BITS}..{MAX_BITS}")
     return int(bits)
+
+
+def _bits(name: str, value: object) -> None:
+    check_bits(value, name)
 
 
 def check_choice(value: str, allowed: tuple[str, ...], what: str) -> str:
@@ -49,21 +55,21 @@ class QuantConfig:
     quantized layer at ``pinned_bits`` whenever quantization is on (common practice: 8 bits).
     """
 
-    weight_bits: int | None = 8
-    act_bits: int | None = 8
-    weight_granularity: str = "per_channel"
-    narrow_range: bool = True
-    pin_first_last: bool = False
-    pinned_bits: int = 8
-    range_tracking: str = "running"
-    momentum: float = 0.1
-    learned_ranges: bool = False
+    weight_bits: int | None = key(8, "initial weight bit-width (None: float)", check=_bits)
+    act_bits: int | None = key(8, "initial activation bit-width (None: float)", check=_bits)
+    weight_granularity: str = key("per_channel", "per_channel | per_tensor", choices=GRANULARITIES)
+    narrow_range: bool = key(True, "weights on [-(2^(b-1)-1), 2^(b-1)-1]; false: [-2^(b-1), 2^(b-1)-1]")
+    pin_first_last: bool = key(False, "first and last layer (input image, logits' weights) at pinned_bits, as "
+                                      "deployed; false: every layer at the evaluated bits (stricter)")
+    pinned_bits: int = key(8, "the pinned layers' bit-width", check=lambda name, v: check_bits(v, name, allow_none=False))
+    range_tracking: str = key("running", "activation range during training: running | hindsight",
+                              choices=RANGE_TRACKING)
+    momentum: float = key(0.1, "activation range momentum", gt=0.0, le=1.0)
+    learned_ranges: bool = key(False, "LSQ-style learned ranges")
 
     def __post_init__(self) -> None:
-        self.weight_bits = check_bits(self.weight_bits, "weight_bits")
-        self.act_bits = check_bits(self.act_bits, "act_bits")
-        self.pinned_bits = check_bits(self.pinned_bits, "pinned_bits", allow_none=False)
-        check_choice(self.weight_granularity, GRANULARITIES, "weight_granularity")
-        check_choice(self.range_tracking, RANGE_TRACKING, "range_tracking")
-        if not 0.0 < float(self.momentum) <= 1.0:
-            raise ValueError(f"momentum={self.momentum!r} is out of range: allowed is 0 < momentum <= 1")
+        for name in ("weight_bits", "act_bits"):  # 8.0 from a config file means 8
+            value = getattr(self, name)
+            if isinstance(value, float) and value.is_integer():
+                setattr(self, name, int(value))
+        check_fields(self)

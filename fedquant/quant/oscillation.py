@@ -29,8 +29,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .grids import weight_grid
 from .modules import QuantLayerMixin, quant_layers
-from .quantizers import symmetric_scale, weight_grid
 
 
 def tracked_layers(model: nn.Module) -> dict[str, QuantLayerMixin]:
@@ -39,19 +39,12 @@ def tracked_layers(model: nn.Module) -> dict[str, QuantLayerMixin]:
     return {".".join(filter(None, (names[id(m)], "weight"))): m for m in quant_layers(model) if not m.pinned}
 
 
-def weight_scale(layer: QuantLayerMixin, bits: int) -> torch.Tensor:
-    """The layer's weight scale at ``bits`` (per channel, shaped to broadcast over its weight)."""
-    q = layer.weight_quantizer
-    absmax = q.range.abs() if q.learned else q.absmax(layer.weight.detach()) * q.clip
-    scale = symmetric_scale(absmax, bits)
-    return scale.reshape(q.view) if q.granularity == "per_channel" else scale
-
-
 @torch.no_grad()
 def integer_weights(layer: QuantLayerMixin, bits: int) -> torch.Tensor:
     """``clamp(round(w / s), n, p)`` on the ``bits`` grid of the layer's weight quantizer."""
-    qmin, qmax = weight_grid(bits, layer.weight_quantizer.narrow_range)
-    return torch.round(layer.weight / weight_scale(layer, bits)).clamp_(qmin, qmax)
+    wq = layer.weight_quantizer
+    qmin, qmax = weight_grid(bits, wq.narrow_range)
+    return torch.round(layer.weight / wq.scale_at(layer.weight, bits)).clamp_(qmin, qmax)
 
 
 def dampening_loss(layers: dict[str, QuantLayerMixin]) -> torch.Tensor | None:
@@ -63,7 +56,7 @@ def dampening_loss(layers: dict[str, QuantLayerMixin]) -> torch.Tensor | None:
         if bits is None:
             continue
         w = layer.weight
-        s = weight_scale(layer, bits).detach()
+        s = layer.weight_quantizer.scale_at(w, bits).detach()
         qmin, qmax = weight_grid(bits, layer.weight_quantizer.narrow_range)
         centre = (torch.round(w.detach() / s).clamp_(qmin, qmax) * s)
         terms.append((centre - torch.clamp(w, qmin * s, qmax * s)).pow(2).sum())

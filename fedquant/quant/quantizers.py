@@ -1,37 +1,20 @@
-"""Fake quantizers: a few in-place vectorised ops per call, no host syncs on accelerators.
+"""The fake quantizer modules: :class:`WeightQuantizer` and :class:`ActivationQuantizer`.
 
-Math (arXiv 2106.08295): ``q = clamp(round(x / s) + z, qmin, qmax)``, ``x_hat = (q - z) * s``.
-Gradients use the straight-through estimator with the clipping mask: ``dL/dx = dL/dx_hat`` where
-``qmin <= round(x / s) + z <= qmax`` and 0 elsewhere.
+Each holds the shared, aggregatable state of one tensor's quantization, its *range* (``clip``, a
+fraction of ``max|w|``, for weights; ``min_val``/``max_val`` for activations), and derives the
+scale (and zero-point) for the current bit-width from it on every call, with the formulas of
+:mod:`fedquant.quant.grids`: a range learned at one bit-width serves all the others, and
+averaging it across federated clients averages one quantity whatever bit-widths they trained at.
+The forward pass is :class:`~fedquant.quant.fake_quantize.FakeQuantize` (straight-through
+estimator), or LSQ/LSQ+ (:mod:`fedquant.quant.lsq`) for learned ranges.
 
-Why not ``torch.fake_quantize_per_{tensor,channel}_affine`` in the hot path: on CPU (torch 2.13)
-those kernels took 3.2 ms forward+backward for a 128x3136 weight against 0.4 ms for
-:class:`FakeQuantize` below, which computes the same values bit for bit (the tests compare both)
-with in-place vectorised ops and keeps only the mask for backward.
-
-The shared, aggregatable state is the *range* (``clip`` for weights, ``min_val``/``max_val`` for
-activations); the scale for the current bit-width is derived from it on every call, so a range
-learned at one bit-width serves all the others. On CPU, activation quantizers read their range
-and derive scale and zero-point on host floats (float32 arithmetic, bit for bit the same as the
-tensor formulas, which the tests check): reading a CPU scalar is free, while each tiny tensor op
-costs ~5 us of dispatch.
-
-Learned ranges (``learned=True``): LSQ (Esser et al. 2020, arXiv 1902.08153) as published in its
-dynamics, on the stored range. For an integer grid ``[-Q_N, Q_P]`` and step ``s``, with
-``v = x / s`` and ``inside = -Q_N < v < Q_P``::
-
-    x_hat = s * round(clamp(v, -Q_N, Q_P))                           (LSQ eq. 3: clip, then round)
-    dL/dx = dL/dx_hat * inside                                       (eq. 5)
-    dL/ds = sum dL/dx_hat * (round(v) - v if inside else -Q_N if v <= -Q_N else Q_P)   (eq. 4)
-
-and the step's gradient is scaled by ``g = 1 / sqrt(N * Q_P)``, N the number of elements the step
-covers. The step itself is not stored: see :class:`LSQWeight` and :class:`LSQActivation` for how
-an SGD step on the stored range reproduces LSQ's step on ``s`` (and LSQ+'s on its offset).
+On CPU, activation quantizers read their range and derive scale and zero-point on host floats
+(:func:`~fedquant.quant.grids.host_asymmetric_qparams`, bit for bit the same as the tensor
+formulas): reading a CPU scalar is free, while each tiny tensor op costs ~5 us of dispatch.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
@@ -39,211 +22,18 @@ import torch
 from torch import nn
 
 from .config import GRANULARITIES, check_bits, check_choice
-
-EPS = 1e-8
-
-
-def weight_grid(bits: int, narrow_range: bool) -> tuple[int, int]:
-    """Signed integer grid for symmetric weights: full or narrow (see QuantConfig)."""
-    half = 2 ** (bits - 1)
-    return (-(half - 1) if narrow_range else -half), half - 1
-
-
-def act_grid(bits: int) -> tuple[int, int]:
-    """Unsigned integer grid for asymmetric activations: ``[0, 2^b - 1]``."""
-    return 0, 2**bits - 1
-
-
-def symmetric_scale(absmax: torch.Tensor, bits: int) -> torch.Tensor:
-    """``s = max|w| / (2^(b-1) - 1)``: the largest magnitude maps onto the top grid point."""
-    return absmax.clamp_min(EPS) / (2 ** (bits - 1) - 1)
-
-
-def asymmetric_qparams(lo: torch.Tensor, hi: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and integer zero-point for the range ``[min(lo, 0), max(hi, 0)]`` on ``[0, 2^b - 1]``.
-
-    The range is widened to contain 0 and the zero-point is rounded, so 0 is exactly representable.
-    """
-    qmax = 2**bits - 1
-    lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
-    scale = (hi - lo).clamp_min(EPS) / qmax
-    zero_point = torch.round(-lo / scale).clamp(0, qmax)
-    return scale, zero_point
-
-
-def host_asymmetric_qparams(lo: float, hi: float, bits: int) -> tuple[float, float]:
-    """:func:`asymmetric_qparams` on host floats in float32 arithmetic: bit for bit the same
-    scale and zero-point (the tests compare both), without nine tiny tensor ops."""
-    qmax = 2**bits - 1
-    lo32, hi32 = np.float32(min(lo, 0.0)), np.float32(max(hi, 0.0))
-    with np.errstate(over="ignore", invalid="ignore"):  # inf and nan propagate as on tensors
-        scale = max(hi32 - lo32, np.float32(EPS)) / np.float32(qmax)
-        zero_point = min(max(float(np.rint(-lo32 / scale)), 0.0), float(qmax))
-    return float(scale), zero_point
-
-
-def memory_order(x: torch.Tensor) -> torch.Tensor:
-    """``x`` permuted so that it is contiguous (a view): channels_last 4-D tensors become NHWC.
-
-    Elementwise ops and reductions run up to 5x faster on the contiguous view than on the
-    channels_last tensor itself (measured with torch 2.13 on CPU: ``aminmax`` of a 32x32x28x28
-    activation took 0.95 ms against 0.18 ms). Axis 0 stays axis 0, so per-channel scales of
-    shape ``(C_out, 1, 1, 1)`` broadcast the same way.
-    """
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return x.permute(0, 2, 3, 1)
-    return x
-
-
-class FakeQuantize(torch.autograd.Function):
-    """``x_hat = (clamp(round(x * (1/s)) + z, qmin, qmax) - z) * s`` with the clipping-mask STE.
-
-    ``scale``/``zero_point`` are float tensors broadcastable to ``x``, or host floats for a
-    per-tensor grid (``zero_point`` may be None for symmetric grids); per-channel scales index
-    axis 0. ``clip_free=True`` promises that no
-    element can fall outside the grid (e.g. weights with the range ``max|w|``): then the mask is
-    all ones, backward is the identity and the clamp is skipped. The output has ``x``'s layout.
-    """
-
-    @staticmethod
-    def forward(ctx, x, scale, zero_point, qmin, qmax, clip_free=False):  # noqa: D102
-        xm = memory_order(x)
-        permuted = xm is not x
-        if isinstance(scale, float):
-            inv_scale = float(np.float32(1.0) / np.float32(scale))
-        else:
-            if permuted and scale.dim() == 4:
-                scale = scale.permute(0, 2, 3, 1)
-            inv_scale = scale.reciprocal()
-        q = torch.mul(xm, inv_scale).round_()  # same rounding as torch: nearbyint(x * inv_s)
-        shift = zero_point is not None
-        if isinstance(zero_point, float):
-            # clamp(q + z, qmin, qmax) - z == clamp(q, qmin - z, qmax - z) bit for bit (q and z are
-            # integers; where q + z is not exact, both sides clamp): two passes fewer. A tensor z
-            # (on a GPU, where reading it would be a host sync) is added and subtracted instead.
-            qmin, qmax, shift = qmin - zero_point, qmax - zero_point, False
-        if shift:
-            q.add_(zero_point)
-        keep_mask = ctx.needs_input_grad[0] and not clip_free
-        # empty_like keeps q's exact strides, also those of size-1 dims, which a plain
-        # out-of-place clamp may rewrite: a (32, 1, 3, 3) channels_last weight would come back
-        # in the default layout and turn the first conv's whole stage NCHW (~40% slower steps).
-        if keep_mask:
-            out = torch.clamp(q, qmin, qmax, out=torch.empty_like(q))
-        else:
-            out = q if clip_free else q.clamp_(qmin, qmax)  # clip_free: the clamp would change nothing
-        if keep_mask:
-            mask = torch.eq(q, out, out=q)  # float 1/0 in q's own memory
-            ctx.save_for_backward(mask.permute(0, 3, 1, 2) if permuted else mask)
-        ctx.clip_free = clip_free
-        if shift:
-            out.sub_(zero_point)
-        out.mul_(scale)
-        return out.permute(0, 3, 1, 2) if permuted else out
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: D102
-        if ctx.clip_free:
-            return grad, None, None, None, None, None
-        (mask,) = ctx.saved_tensors
-        return grad * mask, None, None, None, None, None
-
-
-def _lsq_grads(grad: torch.Tensor, x: torch.Tensor, s: torch.Tensor, qmin, qmax,
-               dims: tuple[int, ...] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """LSQ's ``dL/dx`` (eq. 5) and ``dL/ds`` (eq. 4, summed over ``dims``; all when None) for
-    the grid ``[qmin, qmax]`` (integers: floats or tensors broadcastable to ``x``)."""
-    v = x / s
-    inside = torch.gt(v, qmin, out=torch.empty_like(v))  # float 1/0 masks: no bool->float pass
-    inside.mul_(torch.lt(v, qmax, out=torch.empty_like(v)))
-    q = torch.clamp(v, qmin, qmax).round_()
-    grad_x = inside.mul_(grad)
-    ds = q.mul_(grad).sub_(v.mul_(grad_x))  # g * (q - v) inside, g * q (= -Q_N or Q_P) outside
-    return grad_x, (ds.sum() if dims is None else ds.sum(dims))
-
-
-class LSQWeight(torch.autograd.Function):
-    """LSQ for a symmetric weight grid ``[-Q_N, Q_P]`` (``Q_P = 2^(b-1) - 1``, ``Q_N = Q_P`` narrow
-    or ``Q_P + 1`` full) whose stored state is the range ``r`` (per channel or ``[1]``)::
-
-        s = max(|r|, EPS) / Q_P,   x_hat = s * round(clamp(x / s, -Q_N, Q_P))
-        dL/dr = sign(r) * Q_P * g * dL/ds,   g = 1 / sqrt(N * Q_P)
-
-    with ``dL/dx``, ``dL/ds`` as in the module docstring (LSQ eqs. 4-5), N the elements one step
-    covers: one output channel (``x[0].numel()``) per channel, all of ``x`` per tensor. Why
-    ``Q_P`` and not the chain rule's ``1 / Q_P``: LSQ's SGD step is ``ds = -lr * g * dL/ds``; the
-    same step expressed on the range is ``dr = Q_P * ds = -lr * (Q_P * g * dL/ds)``, so that is
-    the gradient ``r`` must receive (the chain rule would move ``s`` ``Q_P^2`` times slower). A
-    range of 0 takes the sign +1.
-    """
-
-    @staticmethod
-    def forward(ctx, x, rng, bits: int, narrow_range: bool, per_channel: bool):  # noqa: D102
-        qmin, qmax = weight_grid(bits, narrow_range)
-        s = symmetric_scale(rng.abs(), bits)
-        if per_channel:
-            s = s.reshape((-1,) + (1,) * (x.dim() - 1))
-        ctx.save_for_backward(x, s, rng)
-        ctx.grid, ctx.per_channel = (qmin, qmax), per_channel
-        return torch.div(x, s).clamp_(qmin, qmax).round_().mul_(s)
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: D102
-        x, s, rng = ctx.saved_tensors
-        qmin, qmax = ctx.grid
-        dims = tuple(range(1, x.dim())) if ctx.per_channel else None
-        grad_x, ds = _lsq_grads(grad, x, s, qmin, qmax, dims)
-        n = x[0].numel() if ctx.per_channel else x.numel()
-        factor = qmax / math.sqrt(n * qmax)  # Q_P * g
-        grad_r = torch.where(rng < 0, -factor, factor) * ds.reshape(rng.shape)
-        return grad_x, grad_r, None, None, None
-
-
-class LSQActivation(torch.autograd.Function):
-    """LSQ+ (Bhalgat et al. 2020) for the asymmetric grid ``[0, Q_P]``, ``Q_P = 2^b - 1``, whose
-    stored state is the range ``(lo, hi)``, widened to contain 0 (``lo' = min(lo, 0)``,
-    ``hi' = max(hi, 0)``). Learned: the step ``s`` and the offset ``beta`` (the grid's bottom)::
-
-        s = (hi' - lo') / Q_P,   z = round(-lo' / s),   beta = -z * s
-        x_hat = s * round(clamp(x / s, -z, Q_P - z))  # = s * round(clamp((x - beta)/s, 0, Q_P)) + beta
-
-    that is LSQ on the integer grid ``[-z, Q_P - z]``: ``dL/dx`` and ``dL/ds_z`` (``z`` fixed) as
-    in the module docstring. LSQ+ holds ``beta`` fixed instead: ``dL/dbeta = sum over clipped
-    elements of dL/dx_hat`` and ``dL/ds = dL/ds_z + z * dL/dbeta``; both get LSQ's scale
-    ``g = 1 / sqrt(N_F * Q_P)``, N_F the features per sample (``x[0].numel()``; LSQ: "the number
-    of features in a layer"). The range is ``lo' = beta`` (up to the rounding of ``z``: straight
-    through) and ``hi' = beta + Q_P * s``, so LSQ+'s SGD step ``(dbeta, ds)`` is the step
-    ``dlo = dbeta``, ``dhi = dbeta + Q_P * ds`` on the range, given by the gradients::
-
-        dL/dlo = g * dL/dbeta,   dL/dhi = g * (dL/dbeta + Q_P * dL/ds)
-
-    An end pinned at 0 (``lo >= 0``: z = 0, or ``hi <= 0``: z = Q_P) leaves no free offset: then
-    only ``s`` is learned (LSQ on ``[-z, Q_P - z]``) and it moves the free end, ``dhi = Q_P ds``
-    (``dL/dhi = g Q_P dL/ds``) or ``dlo = -Q_P ds`` (``dL/dlo = -g Q_P dL/ds_z``); the pinned end
-    gets 0. ReLU inputs (``lo = 0``) are thus plain unsigned LSQ.
-    """
-
-    @staticmethod
-    def forward(ctx, x, lo, hi, bits: int):  # noqa: D102
-        qmax = 2**bits - 1
-        s, z = asymmetric_qparams(lo, hi, bits)
-        ctx.save_for_backward(x, s, z, lo, hi)
-        ctx.qmax = qmax
-        return torch.div(x, s).clamp_(-z, qmax - z).round_().mul_(s)
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: D102
-        x, s, z, lo, hi = ctx.saved_tensors
-        qmax = ctx.qmax
-        grad_x, ds_z = _lsq_grads(grad, x, s, -z, qmax - z, None)
-        dbeta = (grad - grad_x).sum()
-        ds = ds_z + z * dbeta
-        g = 1.0 / math.sqrt((x[0].numel() if x.dim() > 1 else x.numel()) * qmax)
-        free_lo, free_hi = lo < 0, hi > 0
-        zero = torch.zeros_like(ds)
-        grad_lo = torch.where(free_lo, g * torch.where(free_hi, dbeta, -qmax * ds_z), zero)
-        grad_hi = torch.where(free_hi, g * (qmax * ds + torch.where(free_lo, dbeta, zero)), zero)
-        return grad_x, grad_lo, grad_hi, None
+from .fake_quantize import FakeQuantize, memory_order
+from .grids import (
+    EPS,
+    act_grid,
+    asymmetric_qparams,
+    host_asymmetric_qparams,
+    symmetric_scale,
+    weight_absmax,
+    weight_grid,
+    weight_scale,
+)
+from .lsq import LSQActivation, LSQWeight
 
 
 class WeightQuantizer(nn.Module):
@@ -271,13 +61,14 @@ class WeightQuantizer(nn.Module):
         if learned:
             self.range = nn.Parameter(self.absmax(weight.detach()).clone())
 
+    @property
+    def per_channel(self) -> bool:
+        return self.granularity == "per_channel"
+
     def absmax(self, w: torch.Tensor) -> torch.Tensor:
-        """``max|w|`` per channel (or per tensor) as ``max(max w, -min w)``: two reads of ``w``
-        and no ``|w|`` temporary (half the time of ``w.abs().amax()`` on a 128x3136 weight)."""
-        if self.granularity == "per_tensor":
-            return torch.maximum(w.amax(), w.amin().neg_()).reshape(1)
-        dims = tuple(range(1, w.dim()))
-        return torch.maximum(w.amax(dim=dims), w.amin(dim=dims).neg_())
+        """``max|w|`` per channel (shape ``[C]``) or per tensor (``[1]``): see
+        :func:`~fedquant.quant.grids.weight_absmax`."""
+        return weight_absmax(w, self.per_channel)
 
     def set_bits(self, bits: int | None) -> None:
         self.bits = check_bits(bits, "weight_bits")
@@ -299,8 +90,8 @@ class WeightQuantizer(nn.Module):
         """``w`` fake-quantized at the current bit-width with the range ``clip * max|w|`` (per
         channel or per tensor, like ``self.clip``); no gradient. Calibration's search uses it."""
         qmin, qmax = weight_grid(self.bits, self.narrow_range)
-        scale = symmetric_scale(self.absmax(w) * clip, self.bits)
-        if self.granularity == "per_tensor":
+        scale = weight_scale(w, clip, self.bits, self.per_channel)
+        if not self.per_channel:
             return torch.fake_quantize_per_tensor_affine(w, scale, self._zero_point, qmin, qmax)
         return torch.fake_quantize_per_channel_affine(w, scale, self._zero_point, 0, qmin, qmax)
 
@@ -313,10 +104,21 @@ class WeightQuantizer(nn.Module):
         """
         return self.min_clip * (qmax + 0.5) > qmax * (1 + 1e-6)
 
+    def scale_at(self, w: torch.Tensor, bits: int) -> torch.Tensor:
+        """The scale of weight ``w`` at ``bits``, shaped to broadcast over ``w`` (``[C, 1, ...]``
+        per channel, ``[1]`` per tensor): ``clip * max|w| / (2^(b-1) - 1)``
+        (:func:`~fedquant.quant.grids.weight_scale`), or ``|range| / (2^(b-1) - 1)`` for a learned
+        range (the scale :class:`~fedquant.quant.lsq.LSQWeight` quantizes with). ``w`` is read
+        without gradient; a learned range keeps its own."""
+        if self.learned:
+            scale = symmetric_scale(self.range.abs(), bits)
+        else:
+            scale = weight_scale(w.detach(), self.clip, bits, self.per_channel)
+        return scale.reshape(self.view) if self.per_channel else scale
+
     def scale(self, w: torch.Tensor) -> torch.Tensor:
-        """Scale for the current bit-width (per channel, or shape [1])."""
-        absmax = self.range.abs() if self.learned else self.absmax(w.detach()) * self.clip
-        return symmetric_scale(absmax, self.bits)
+        """:meth:`scale_at` the current bit-width, flat: shape ``[C]`` per channel, ``[1]`` per tensor."""
+        return self.scale_at(w, self.bits).reshape(-1)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if self.bits is None:
@@ -335,12 +137,9 @@ class WeightQuantizer(nn.Module):
 
     def _quantize(self, w: torch.Tensor) -> torch.Tensor:
         if self.learned:
-            return LSQWeight.apply(w, self.range, self.bits, self.narrow_range,
-                                   self.granularity == "per_channel")
+            return LSQWeight.apply(w, self.range, self.bits, self.narrow_range, self.per_channel)
         qmin, qmax = weight_grid(self.bits, self.narrow_range)
-        scale = self.scale(w)
-        if self.granularity == "per_channel":
-            scale = scale.reshape(self.view)
+        scale = self.scale_at(w, self.bits)
         return FakeQuantize.apply(w, scale, None, qmin, qmax, self.clips_nothing(qmax))
 
 

@@ -1,4 +1,4 @@
-"""The one adapter to Flower's simulation engine (tested with flwr 1.41 and Ray 2.55).
+"""The one adapter to Flower's simulation engine (tested with flwr 1.41 and 1.42, and Ray 2.55).
 
 ``flwr.simulation.run_simulation`` is deprecated upstream in favour of ``flwr run``; keeping the
 call here means a Flower upgrade touches this file only.
@@ -11,10 +11,13 @@ import os
 import socket
 import tempfile
 import warnings
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
+
+from ..federation.protocol import TESTED_FLWR
 
 
 class _KnownNoise(logging.Filter):
@@ -28,7 +31,7 @@ class _KnownNoise(logging.Filter):
                     or msg.startswith("An exception was raised when processing a message by RayBackend"))
 
 
-REPLY_POLL_S = 0.005
+REPLY_POLL_S = 0.005  # seconds between looks for replies (Flower's default: 0.1)
 
 
 def quiet_flower_logs(verbose: bool) -> None:
@@ -76,14 +79,49 @@ def check_ray_reachable(address: str, timeout_s: float) -> None:
 
 
 def poll_replies_often(grid) -> None:
-    """Make the simulation's grid look for client replies every 5 ms instead of Flower's 0.1 s.
+    """Make Flower's simulation grid look for client replies every 5 ms instead of every 0.1 s.
 
     ``InMemoryGrid.send_and_receive`` sleeps ``pull_interval`` between looks, so every round
-    ended on the next 0.1 s tick after its last reply (0.05 s lost per round on average). A look
-    is a dictionary lookup under a lock, so polling more often costs nothing measurable.
+    ended on the next 0.1 s tick after its last reply (0.05 s lost per round on average; the
+    interval went from 0.1 s to 5 ms, see docs/benchmarks.md). A look is a dictionary lookup
+    under a lock, so polling more often costs nothing measurable. Results do not depend on it.
+    Other grids (deployment, tests' in-process grids) are left as they are.
     """
-    if hasattr(grid, "pull_interval"):
-        grid.pull_interval = REPLY_POLL_S
+    # Private access, kept to this one function: run_simulation builds its InMemoryGrid itself
+    # with the default pull_interval=0.1 and flwr (1.41, 1.42) offers no argument, setting or
+    # environment variable to change it. If Flower renames or drops the attribute, assigning it
+    # would silently do nothing, so its absence is reported (once) and Flower's default is kept.
+    try:
+        from flwr.superlink.grid import InMemoryGrid
+    except ImportError:
+        _warn_once("flwr.superlink.grid.InMemoryGrid no longer exists")
+        return
+    if not isinstance(grid, InMemoryGrid):
+        return
+    if not hasattr(grid, "pull_interval"):
+        _warn_once(f"flwr's {type(grid).__name__} has no attribute 'pull_interval'")
+        return
+    grid.pull_interval = REPLY_POLL_S
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(problem: str) -> None:
+    if problem in _warned:
+        return
+    _warned.add(problem)
+    logging.getLogger("fedquant").warning(
+        "%s (installed flwr %s, tested with %s): replies are polled at Flower's default interval, so rounds "
+        "take a little longer (fedquant.runtime.simulation.poll_replies_often)", problem, _installed_flwr(),
+        " and ".join(TESTED_FLWR))
+
+
+def _installed_flwr() -> str:
+    try:
+        return version("flwr")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def run_flower_simulation(server_app: ServerApp, client_app: ClientApp, num_supernodes: int, *,

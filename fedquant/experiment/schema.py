@@ -1,0 +1,232 @@
+"""The experiment config schema: every key's type, default, allowed values and bounds, once.
+
+Each section is a dataclass of :func:`fedquant.fields.key` fields. Hydra composes the config
+from these defaults (``fedquant/hydra_conf.py`` registers :func:`defaults` in its ConfigStore as
+``schema``, the first entry of conf/config.yaml's defaults list), then the config groups in
+``conf/`` (model, dataset, strategy, partition, logger) set the keys marked ``REQUIRED`` here,
+then the command line. :func:`fedquant.experiment.config.validate` checks a composed config
+against the same fields and the cross-key rules, with one-line messages.
+
+Sections owned by a core object take its fields: ``quantization`` is
+:class:`fedquant.quant.QuantConfig` without the run-time bit-widths (pinned first/last layers on,
+as deployed), and ``eval`` extends :class:`fedquant.learning.evaluation.EvalProtocol`, so the
+protocol's defaults and allowed values are written where the evaluator reads them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ..data import DATASETS, SCHEMES
+from ..federation.bitwidths import SAMPLING_MODES, parse_settings
+from ..federation.plan import ON_TOO_FEW, STRATEGIES
+from ..federation.schedule import LR_SCHEDULES
+from ..fields import REQUIRED, key
+from ..learning.evaluation import EvalProtocol
+from ..learning.local_training import REGULARIZERS
+from ..models import MODELS
+from ..quant import QuantConfig
+from .averaging import AVERAGES
+
+LOGGERS = ("none", "wandb")
+WANDB_MODES = ("online", "offline", "disabled")
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_SETTINGS = ["fp", "w8a8", "w6a6", "w4a4", "w3a3", "w2a2"]
+
+
+def _settings(name: str, value: Any) -> None:
+    parse_settings(value, name)
+
+
+@dataclass
+class Model:
+    name: str = key(doc="mlp | cnn | resnet20 | cct (the model group)", choices=MODELS)
+    options: dict = key(doc="the model's constructor options (see fedquant/models)")
+
+
+@dataclass
+class Dataset:
+    name: str = key(doc="the dataset group: digits | fmnist | cifar10 | cifar100", choices=DATASETS)
+    root: str | None = key(doc="folder with the files (or where to download them); null = the default places")
+    holdout: int = key(doc="server hold-out, seen by no client: calibration + validation images", ge=0)
+    validation: int = key(doc="of which validation (where choices are made); the rest calibrates", ge=0)
+    augment: bool = key(doc="random crop + horizontal flip of training images, seeded")
+
+
+@dataclass
+class Strategy:
+    name: str = key(doc="fedavg (float training, post-training quantization) | qafedavg (QAT)", choices=STRATEGIES)
+    bits: list = key(doc="the set B: integers (WbAb), 'wXaY' or 'fp' (float steps)", check=_settings)
+    sampling: str = key(doc="per_step | per_round | fixed (B must then hold one setting)", choices=SAMPLING_MODES)
+    server: str = key("fedavg", "Flower server strategy: fedavg | fedprox | fedavgm | fedadam")
+    server_options: dict = key({}, "passed to Flower's class, e.g. {proximal_mu: 0.01} or {eta: 0.01}")
+    profiles: list = key([], "device profiles, e.g. [{name: npu8, share: 0.5, bits: [8]}, "
+                             "{name: mcu2, share: 0.5, bits: [2, 4], width: 0.5}]")
+    min_replies: int = key(1, "fewer successful client replies in a round than this ...", ge=1)
+    on_too_few_replies: str = key("retry", "... retries the round with a new sample (retry) or stops the run",
+                                  choices=ON_TOO_FEW)
+    max_retries: int = key(3, "retries of a round with too few replies", ge=0)
+
+
+@dataclass
+class Profile:
+    """One entry of ``strategy.profiles``: a device class."""
+
+    name: str = key(doc="the profile's name (unique)", check=lambda name, v: _name(name, v))
+    share: float = key(doc="the share of clients that have it", gt=0, le=1)
+    bits: list = key(doc="the settings it runs: integers, 'wXaY' or 'fp'", check=_settings)
+    width: float = key(1.0, "the share of every hidden layer's channels its sub-model keeps (HeteroFL)", gt=0, le=1)
+
+
+def _name(name: str, value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name}={value!r} is not valid: allowed is a non-empty name not used by another profile")
+
+
+@dataclass
+class Client:
+    lr: float = key(doc="local learning rate (set by the dataset group for its model)", gt=0.0)
+    local_epochs: int = key(2, "local epochs per round", ge=1)
+    lr_schedule: str = key("constant", "the lr over rounds: constant | cosine (to lr_min_factor x lr) | step",
+                           choices=LR_SCHEDULES)
+    lr_min_factor: float = key(0.0, "cosine: the floor it decays towards, as a fraction of client.lr", ge=0.0, le=1.0)
+    lr_step_rounds: int = key(10, "step: multiply by lr_gamma every lr_step_rounds rounds", ge=1)
+    lr_gamma: float = key(0.1, "step: the factor", gt=0.0, le=1.0)
+    batch_size: int = key(32, "local batch size", ge=1)
+    momentum: float = key(0.9, "SGD momentum", ge=0.0, lt=1.0)
+    weight_decay: float = key(0.0, "SGD weight decay", ge=0.0)
+    regularizer: str = key("none", "none | kure | gradl1 (any strategy)", choices=REGULARIZERS)
+    reg_weight: float = key(0.0, "the regularizer's weight", ge=0.0)
+    distill_weight: float = key(0.0, "in-place distillation: quantized steps also match the float logits (KL)", ge=0.0)
+    distill_temperature: float = key(2.0, "the distillation temperature", gt=0.0)
+    dampen_weight: float = key(0.0, "oscillation dampening (Nagel et al. 2022): lambda, cosine-annealed from 0 over "
+                                    "rounds", ge=0.0)
+    freeze_threshold: float = key(0.0, "weight freezing: freeze entries oscillating more often than this per local "
+                                       "step (0 = off)", ge=0.0, le=1.0)
+    freeze_momentum: float = key(0.5, "EMA over rounds of the pooled oscillation frequency", gt=0.0, le=1.0)
+
+
+@dataclass(frozen=True)
+class Eval(EvalProtocol):
+    settings: list = key(DEFAULT_SETTINGS, "the settings the server tests: fp, wXaY (every device profile's "
+                                           "settings are added)", check=_settings)
+    every: int = key(1, "evaluate every N rounds (and always after the last)", ge=1)
+    initial: bool = key(True, "also evaluate the initial model (round 0)")
+    average: str = key("none", "evaluate an average of the global models: none | ema | swa (training is "
+                               "unchanged)", choices=AVERAGES)
+    ema_decay: float = key(0.9, "ema: a_r = decay * a_(r-1) + (1 - decay) * w_r", ge=0.0, lt=1.0)
+    average_from: int = key(1, "the first round averaged", ge=1)
+    batch_size: int = key(256, "evaluation batch size", ge=1)
+
+
+@dataclass
+class Faults:
+    client_failure_rate: float = key(0.0, "simulation only: share of sampled clients that raise", ge=0.0, lt=1.0)
+    nan_client_rate: float = key(0.0, "simulation only: share of sampled clients that reply with NaN weights",
+                                 ge=0.0, le=1.0)
+
+
+@dataclass
+class Checkpoint:
+    every: int = key(1, "save every N rounds (and after the last) in the run directory; 0 = never", ge=0)
+    keep: int = key(3, "newest checkpoints kept (python -m fedquant.reevaluate --last K re-tests the last K)", ge=1)
+
+
+@dataclass
+class Simulation:
+    num_cpus_per_client: float = key(1, "CPU cores per client actor (Ray)", gt=0.0)
+    num_gpus_per_client: float = key(0.0, "fractional GPUs per client, e.g. 0.25", ge=0.0)
+    ray_address: str | None = key(None, "null: a fresh local Ray instance; or attach to a running cluster: auto | "
+                                        "host:port")
+    ray_timeout_s: float = key(30, "give up on ray_address after this long when nothing answers there", gt=0.0)
+    device: str = key("auto", "auto (CUDA when present) | cpu | cuda", choices=DEVICES)
+    verbose: bool = key(False, "Flower/Ray INFO logs")
+    retain_freed_memory: bool = key(True, "keep freed heap memory in each process (glibc): no page faults per step")
+
+
+@dataclass
+class Experiment:
+    seed: int = key(0, "every seeded draw derives from it", ge=0)
+    num_rounds: int = key(30, "federated rounds", ge=1)
+    num_clients: int = key(10, "client data partitions", ge=1)
+    clients_per_round: int = key(4, "clients sampled each round (at most num_clients)", ge=1)
+    resume: bool = key(False, "continue the newest checkpointed run under the output root (outputs/)")
+    resume_from: str | None = key(None, "or continue this checkpoint file / run directory")
+    quiet: bool = key(False, "only the final table, no per-round progress")
+    model: Model = dataclasses.field(default_factory=Model)
+    dataset: Dataset = dataclasses.field(default_factory=Dataset)
+    strategy: Strategy = dataclasses.field(default_factory=Strategy)
+    client: Client = dataclasses.field(default_factory=Client)
+    eval: Eval = dataclasses.field(default_factory=Eval)
+    faults: Faults = dataclasses.field(default_factory=Faults)
+    checkpoint: Checkpoint = dataclasses.field(default_factory=Checkpoint)
+    simulation: Simulation = dataclasses.field(default_factory=Simulation)
+    # sections whose keys depend on a group's choice: see VARIANTS and QUANTIZATION
+    partition: dict = key(doc="the partition group: iid | dirichlet | shards")
+    quantization: dict = key(doc="how the model is fake-quantized (QuantConfig's fields)")
+    logger: dict = key(doc="the logger group: none | wandb")
+
+
+@dataclass
+class Dirichlet:
+    alpha: float = key(doc="smaller = more label skew", gt=0.0)
+    min_size: int = key(doc="resample until every client holds this many samples", ge=1)
+
+
+@dataclass
+class Shards:
+    k: int = key(doc="classes per client", ge=1)
+
+
+@dataclass
+class Wandb:
+    mode: str | None = key(doc="online | offline | disabled; null: online when WANDB_API_KEY is set, else offline",
+                           choices=(*WANDB_MODES, None))
+    project: str = key(doc="W&B project")
+    entity: str | None = key(doc="W&B entity (null: the default)")
+    group: str | None = key(doc="null: the sweep's directory name in multirun, none for a single run")
+    tags: list = key(doc="W&B tags")
+
+
+@dataclass
+class Empty:
+    pass
+
+
+# section -> (the key naming the variant, {variant: the fields it adds})
+VARIANTS: dict[str, tuple[str, tuple[str, ...], dict[str, type]]] = {
+    "partition": ("name", SCHEMES, {"iid": Empty, "dirichlet": Dirichlet, "shards": Shards}),
+    "logger": ("name", LOGGERS, {"none": Empty, "wandb": Wandb}),
+}
+RUN_TIME_BITS = ("weight_bits", "act_bits")  # QuantConfig fields set per setting, not by the config
+EXPERIMENT_QUANTIZATION = {"pin_first_last": True}  # the experiment's defaults that differ from QuantConfig's
+
+
+def quantization_defaults() -> dict[str, Any]:
+    """The ``quantization`` section's defaults: QuantConfig's, with the first and last layers
+    pinned (as deployed)."""
+    return {f.name: (EXPERIMENT_QUANTIZATION.get(f.name, f.default)) for f in dataclasses.fields(QuantConfig)
+            if f.name not in RUN_TIME_BITS}
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.default_factory):  # a nested section
+            out[f.name] = _defaults(f.default_factory)
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+        else:
+            out[f.name] = f.default
+    return out
+
+
+def defaults() -> dict[str, Any]:
+    """The whole config's defaults as a plain dict (``REQUIRED`` where a group sets the value)."""
+    out = _defaults(Experiment)
+    out["partition"] = {"name": REQUIRED}
+    out["logger"] = {"name": REQUIRED}
+    out["quantization"] = quantization_defaults()
+    return out

@@ -1,0 +1,209 @@
+"""A run's global model, calibrated exactly as the server evaluates it, as ONNX QDQ files with
+encodings (:func:`export_run`; its command line is ``python -m fedquant.export <run dir or
+checkpoint> [--settings ...] [--out DIR]``, :mod:`fedquant.export.__main__`).
+
+For each setting the run's evaluator is rebuilt from the checkpoint's config (same hold-out,
+weight and activation ranges, BatchNorm rule, PTQ method) and ``Evaluator.deploy`` produces the
+model the server tests; it is written as ``<setting>.onnx`` and ``<setting>.encodings.json``
+(:mod:`fedquant.export.onnx_export`, :mod:`fedquant.export.encodings`). Default settings: the
+run's ``eval.settings`` plus ``fp``, in ``--out`` (default ``<run dir>/export``), and for every
+device profile of the run (``strategy.profiles``) a subfolder ``<profile name>/`` with that
+profile's settings, on the profile's own sub-model when it has a ``width`` below 1 (HeteroFL:
+the first ``ceil(width * C)`` channels of every hidden layer, cut from the global model and
+calibrated like the server's per-width evaluation). ``--settings`` exports exactly the settings given (no profile folders); a
+setting the run never evaluated is allowed (it is calibrated the same way; there is just no
+reported accuracy to compare with), a malformed one is an error. Every file is checked with
+onnxruntime on 256 test images against the simulated model (the largest logit difference is
+printed); ``--check`` also compares the test accuracy.
+
+Errors (missing extra, no checkpoint, bad setting, a run without calibration images, an
+unwritable folder) are one ``error: ...`` line and exit status 2. Every model is built and
+checked before the first file is written, and each file is written atomically (temporary file,
+then rename), so a failure leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..data import DatasetError
+from ..experiment.specs import experiment_specs, server_evaluator
+from ..experiment.workspace import federated_data
+from ..federation.bitwidths import FLOAT, Setting, parse_settings, setting_name
+from ..federation.profiles import at_width, profiles_from_config
+from ..learning.evaluation import Evaluator, accuracy, model_bytes
+from ..models.state import float_state
+from ..models.width import extract
+from ..runtime.checkpoint import CheckpointError, evaluated_state, list_checkpoints, load_checkpoint
+from ..tracking.files import atomic_write
+from ..tracking.results import write_json
+
+EXTRA = 'pip install -e ".[export]"'
+CHECK_IMAGES = 256
+
+
+class ExportError(RuntimeError):
+    """A problem the user can fix; ``str()`` is the one line shown."""
+
+
+@dataclass
+class Artifact:
+    """One exported setting, in memory until every setting has been built."""
+
+    setting: Setting
+    onnx: bytes
+    encodings: dict
+    model_bytes: int
+    logit_diff: float
+    accuracy: dict[str, float]  # with --check: simulated, onnxruntime exact and default
+
+
+def missing_extra() -> str | None:
+    """The first of onnx/onnxruntime that cannot be imported, else None."""
+    for module in ("onnx", "onnxruntime"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return module
+    return None
+
+
+def find_checkpoint(target: Path) -> Path:
+    """``target`` itself (a checkpoint file) or the newest checkpoint of a run directory."""
+    if target.is_file():
+        return target
+    if not target.is_dir():
+        raise ExportError(f"{target}: no such run directory or checkpoint file")
+    found = list_checkpoints(target)
+    if not found:
+        raise ExportError(f"{target}: no checkpoint_r*.pt in this run directory (was checkpoint.every=0?); "
+                          "pass a run directory with a checkpoint or a checkpoint file")
+    return found[-1]
+
+
+def plan_settings(cfg: dict, names: list[str] | None) -> dict[str, tuple[float, list[Setting]]]:
+    """Folder (``""`` = the output folder, else a profile's name) -> (model width, settings to
+    export there)."""
+    if names is not None:
+        return {"": (1.0, parse_settings(names, "--settings"))}
+    evaluated = parse_settings(cfg["eval"]["settings"], "eval.settings")
+    plan = {"": (1.0, ([] if FLOAT in evaluated else [FLOAT]) + evaluated)}
+    for profile in profiles_from_config(cfg["strategy"]["profiles"]):
+        folder = re.sub(r"[^A-Za-z0-9_.-]", "_", profile.name)
+        if folder in ("", ".", ".."):
+            raise ExportError(f"profile name {profile.name!r} cannot be a folder name")
+        plan[folder] = (profile.width, profile.settings)
+    return plan
+
+
+def check_calibration(cfg: dict, settings: list[Setting]) -> None:
+    """A quantized setting needs calibration images: the hold-out minus the validation split."""
+    images = int(cfg["dataset"]["holdout"]) - int(cfg["dataset"]["validation"])
+    quantized = [setting_name(s) for s in settings if s != FLOAT]
+    if quantized and images <= 0:
+        raise ExportError(f"cannot calibrate {', '.join(quantized)}: the run has no calibration images "
+                          f"(dataset.holdout={cfg['dataset']['holdout']}, dataset.validation="
+                          f"{cfg['dataset']['validation']}); only fp can be exported")
+
+
+def check_writable(out: Path) -> None:
+    """Create ``out`` and prove a file can be written there (then removed)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".probe-"):
+            pass
+    except OSError as err:
+        raise ExportError(f"--out {out}: cannot write there ({err.strerror or err})") from None
+
+
+def build_artifact(evaluator: Evaluator, state: dict, setting: Setting, fold_batchnorm: bool, int4: bool,
+                   full_check: bool) -> Artifact:
+    """Deploy ``setting`` as the server does, export it and check it with onnxruntime."""
+    from .check import logits, onnx_accuracy, session
+    from .onnx_export import export_model
+
+    name = setting_name(setting)
+    try:
+        model = evaluator.deploy(state, setting)
+    except ValueError as err:
+        raise ExportError(f"cannot calibrate {name}: {err}") from None
+    data = evaluator.data
+    exported = export_model(model, data.image_shape, name, fold_batchnorm=fold_batchnorm, int4=int4)
+    blob = exported.to_bytes()
+    exact = session(blob, exact=True)
+    x = data.normalize(data.test_x[:CHECK_IMAGES])
+    with torch.inference_mode():
+        reference = model(x).numpy()
+    diff = float(abs(logits(exact, x) - reference).max())
+    scores = {}
+    if full_check:
+        scores["simulated"] = accuracy(model, data, data.test_x, data.test_y, evaluator.batch_size)[0]
+        scores["onnxruntime"] = onnx_accuracy(exact, data, data.test_x, data.test_y)[0]
+        scores["onnxruntime_default"] = onnx_accuracy(session(blob, exact=False), data, data.test_x, data.test_y)[0]
+    return Artifact(setting, blob, exported.encodings, model_bytes(model, setting), diff, scores)
+
+
+def export_run(target: Path, out: Path | None = None, names: list[str] | None = None, fold_batchnorm: bool = True,
+               int4: bool = True, full_check: bool = False, log=print) -> list[Path]:
+    """Export a run's global model (module docstring); returns the files written."""
+    checkpoint = find_checkpoint(target)
+    try:
+        payload = load_checkpoint(checkpoint)
+    except CheckpointError as err:
+        raise ExportError(str(err)) from None
+    cfg = payload.get("config")
+    if not isinstance(cfg, dict):
+        raise ExportError(f"{checkpoint}: the checkpoint holds no run config; export needs one written by fedquant")
+    try:
+        plan = plan_settings(cfg, names)
+    except ValueError as err:
+        raise ExportError(str(err)) from None
+    jobs = list(dict.fromkeys((width, s) for width, folder in plan.values() for s in folder))  # (width, setting)
+    settings = list(dict.fromkeys(s for _, s in jobs))
+    check_calibration(cfg, settings)
+    out = out if out is not None else checkpoint.parent / "export"
+    check_writable(out)
+    evaluated = parse_settings(cfg["eval"]["settings"], "eval.settings")
+    try:
+        fed = federated_data(experiment_specs(cfg)[0])
+    except DatasetError as err:
+        raise ExportError(str(err)) from None
+    evaluator = server_evaluator(cfg, fed, [s for w, s in jobs if w == 1] or [FLOAT])
+    labels = [at_width(setting_name(s), w) for w, s in jobs]
+    log(f"{checkpoint} (round {payload.get('round')}): {cfg['model']['name']} on {cfg['dataset']['name']}, "
+        f"{len(fed.calibration)} calibration images; exporting {', '.join(labels)}")
+    artifacts = {}
+    state = evaluated_state(payload)
+    for (width, setting), name in zip(jobs, labels, strict=True):
+        level = evaluator if width == 1 else evaluator.levels[width]
+        level_state = state if width == 1 else extract(state, float_state(level.model))
+        try:
+            artifacts[width, setting] = build_artifact(level, level_state, setting, fold_batchnorm, int4, full_check)
+        except ValueError as err:  # an unsupported op or a state that does not match the model
+            raise ExportError(f"{name}: {err}") from None
+        a = artifacts[width, setting]
+        note = "" if setting in evaluated or setting == FLOAT or width < 1 else " (not in the run's eval.settings)"
+        scores = " ".join(f"{k} {100 * v:.2f}" for k, v in a.accuracy.items())
+        log(f"  {name:>8}  {len(a.onnx):>10,} bytes on disk  model_bytes {a.model_bytes:>10,}  "
+            f"max |logit diff| {a.logit_diff:.2e}{'  test accuracy: ' + scores if scores else ''}{note}")
+    written = []
+    try:
+        for folder, (width, folder_settings) in plan.items():
+            target_dir = out / folder
+            target_dir.mkdir(parents=True, exist_ok=True)
+            for setting in folder_settings:
+                a, stem = artifacts[width, setting], setting_name(setting)
+                written.append(atomic_write(target_dir / f"{stem}.onnx", lambda tmp, blob=a.onnx: tmp.write_bytes(blob)))
+                write_json(target_dir / f"{stem}.encodings.json", a.encodings)
+                written.append(target_dir / f"{stem}.encodings.json")
+    except OSError as err:
+        raise ExportError(f"--out {out}: writing failed ({err.strerror or err}); {len(written)} complete files "
+                          "were written before") from None
+    log(f"wrote {len(written)} files to {out}")
+    return written

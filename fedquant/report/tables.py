@@ -1,0 +1,197 @@
+"""report.md and report.csv: the tables of a report as text."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from .runs import Methods
+from .stats import mean_std
+from .summary import Pairs, Table, curves, evaluations_used, shown_settings
+
+
+def protocol_sentence(protocol: dict | None) -> str:
+    """One run's ``results["protocol"]`` as a sentence ("not recorded" for older runs)."""
+    if not protocol:
+        return "not recorded (results.json written before runs stated their protocol)"
+
+    def get(key: str) -> str:
+        return str(protocol.get(key, "not recorded"))
+
+    if "first_last_bits" not in protocol:
+        layers = "first/last-layer bits not recorded"
+    elif protocol["first_last_bits"]:
+        layers = (f"first and last layers at {protocol['first_last_bits']} bits, "
+                  "the others at the evaluated bit-width")
+    else:
+        layers = "every layer at the evaluated bit-width"
+    return (f"{layers}; BatchNorm: {get('batchnorm').rstrip('.')}; "
+            f"weight ranges: {get('weight_range')}; activation ranges: {get('act_range')}; "
+            f"PTQ: {get('ptq')}; calibration samples: {get('calibration_samples')}; "
+            f"validation samples: {get('validation_samples')}.")
+
+
+def protocol_markdown(methods: Methods) -> str:
+    """The protocol all runs share, or the distinct protocols of each method."""
+    per_method = {m: [json.dumps(r.get("protocol"), sort_keys=True) for r in runs]
+                  for m, runs in methods.items()}
+    distinct = {p for ps in per_method.values() for p in ps}
+    if len(distinct) == 1:
+        runs = sum(len(ps) for ps in per_method.values())
+        return f"All {runs} runs: {protocol_sentence(json.loads(distinct.pop()))}\n"
+    lines = ["Protocols differ between runs:", ""]
+    for method, protocols in per_method.items():
+        for p in dict.fromkeys(protocols):
+            lines.append(f"- `{method}` ({protocols.count(p)} runs): "
+                         + protocol_sentence(json.loads(p)))
+    return "\n".join(lines) + "\n"
+
+
+def figure_rule(last: int, used: dict[str, list[dict[str, int]]]) -> str:
+    """The figure definition, and the methods with runs that have fewer than ``last``
+    evaluations (the fewest over a run's settings)."""
+    text = (f"**Figure:** a run's figure at a setting is the mean of its last {last} evaluations "
+            "at rounds >= 1 (round 0, the untrained model, never counts), separately for test "
+            "and validation; a cell is the mean ± sample standard deviation of the figures over "
+            "the method's seeds.\n")
+    notes = []
+    for method, runs in used.items():
+        short = [n for n in (min(u.values()) for u in runs) if n < last]
+        if short:
+            lo, hi = min(short), max(short)
+            counts = f"{lo}" if lo == hi else f"{lo}-{hi}"
+            notes.append(f"`{method}`: {len(short)} of {len(runs)} runs "
+                         f"({counts} evaluation{'s' if hi > 1 else ''})")
+    if notes:
+        text += (f"\nFewer than {last} evaluations (the figure averages those the run has): "
+                 + "; ".join(notes) + ".\n")
+    return text
+
+
+def to_markdown(table: Table, settings: list[str]) -> str:
+    """``| method | seeds | setting... |`` with cells ``mean ± std`` in %."""
+    lines = ["| method | seeds | " + " | ".join(settings) + " |",
+             "|---|---|" + "---|" * len(settings)]
+    for method, cells in table.items():
+        n = max(c.n for c in cells.values())
+        row = [f"{100 * cells[s].mean:.2f} ± {100 * cells[s].std:.2f}" if s in cells else ""
+               for s in settings]
+        lines.append(f"| {method} | {n} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _points(x: float) -> str:
+    return f"{100 * x:+.2f}"
+
+
+def paired_markdown(pairs: Pairs, baseline: str, settings: list[str]) -> str:
+    """One row per method and setting: A - B in points, its 95% interval, verdict, n."""
+    lines = [f"\n## Paired test differences against `{baseline}` (percentage points)\n",
+             f"A = the row's method, B = `{baseline}`; d = A − B per seed, over the seeds both "
+             "have; mean d ± t(0.975, n−1) · sd(d) / √n; a verdict only where the 95% interval "
+             "excludes 0.\n",
+             "| method | setting | A − B | 95% interval | verdict | n |",
+             "|---|---|---|---|---|---|"]
+    for method, cells in pairs.items():
+        for s in (s for s in settings if s in cells):
+            p = cells[s]
+            interval = f"[{_points(p.low)}, {_points(p.high)}]" if p.n > 1 else "—"
+            diff = _points(p.mean) if p.n else "—"
+            lines.append(f"| {method} | {s} | {diff} | {interval} | {p.verdict} | {p.n} |")
+    if not pairs:
+        lines.append("| (no other method) | | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def profiles_markdown(methods: Methods) -> str:
+    """Mean +- std final test accuracy of each device profile at each setting it deploys
+    ('' without profiles)."""
+    lines = []
+    for method, runs in methods.items():
+        cells: dict[tuple[str, str], list[float]] = {}
+        for run in runs:
+            for profile, accs in (run.get("per_profile") or {}).items():
+                for setting, acc in accs.items():
+                    cells.setdefault((profile, setting), []).append(acc)
+        for (profile, setting), values in cells.items():
+            s = mean_std(values)
+            lines.append(f"| {method} | {profile} | {setting} | "
+                         f"{100 * s.mean:.2f} ± {100 * s.std:.2f} |")
+    if not lines:
+        return ""
+    return ("\n## Per device profile (final test accuracy)\n\n"
+            "| method | profile | setting | accuracy |\n|---|---|---|---|\n"
+            + "\n".join(lines) + "\n")
+
+
+def rounds_markdown(curve: dict[str, dict[int, dict[str, float]]], shown: list[str]) -> str:
+    """Test accuracy per evaluated round (mean over seeds), cells ``a / b / ...`` for ``shown``."""
+    rounds = sorted({r for per_round in curve.values() for r in per_round})
+    if not rounds:
+        return ""
+    lines = [f"\n## Test accuracy per round (mean over seeds; {' / '.join(shown)})\n",
+             "| method | " + " | ".join(str(r) for r in rounds) + " |",
+             "|---|" + "---|" * len(rounds)]
+    for method, per_round in curve.items():
+        cells = [" / ".join(f"{100 * per_round[r][s]:.1f}" for s in shown
+                            if s in per_round.get(r, {})) for r in rounds]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def wall_time_line(methods: Methods) -> str:
+    times = [r["wall_time_s"] for runs in methods.values() for r in runs if "wall_time_s" in r]
+    if not times:
+        return ""
+    return (f"\n{len(times)} jobs; their wall times sum to {sum(times) / 60:.1f} min "
+            f"({min(times):.0f}-{max(times):.0f} s per job).\n")
+
+
+# ---------------------------------------------------------------------------------------- csv
+
+CSV_COLUMNS = ["method", "setting", "mean_accuracy", "std_accuracy", "seeds", "last_k",
+               "min_evaluations", "val_mean_accuracy", "val_std_accuracy", "val_seeds", "baseline",
+               "paired_diff", "paired_ci_low", "paired_ci_high", "paired_verdict", "paired_seeds"]
+
+
+def to_csv(test: Table, validation: Table, pairs: Pairs, last: int,
+           used: dict[str, list[dict[str, int]]], baseline: str | None = None) -> str:
+    """One row per method and setting (:data:`CSV_COLUMNS`): accuracies and differences as
+    fractions, ``min_evaluations`` the fewest test evaluations a run's figure averaged; empty
+    cells where there is no validation split or no pairing."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(CSV_COLUMNS)
+    for method, cells in test.items():
+        for setting, t in cells.items():
+            v = validation.get(method, {}).get(setting)
+            p = pairs.get(method, {}).get(setting)
+            fewest = min(u[setting] for u in used[method] if setting in u)
+            writer.writerow([method, setting, t.mean, t.std, t.n, last, fewest,
+                             *((v.mean, v.std, v.n) if v else ("",) * 3), baseline or "",
+                             *((p.mean, p.low, p.high, p.verdict, p.n) if p else ("",) * 5)])
+    return buf.getvalue()
+
+
+def report_markdown(methods: Methods, missing: list[Path], last: int, test: Table,
+                    validation: Table, baseline: str | None, pairs: Pairs) -> str:
+    """report.md: protocol and figure rule, test, validation, paired, per-profile and per-round
+    tables, wall time and missing jobs."""
+    settings = list(dict.fromkeys(s for cells in test.values() for s in cells))
+    text = ("## Protocol\n\n" + protocol_markdown(methods) + "\n"
+            + figure_rule(last, evaluations_used(methods, last))
+            + "\n## Test accuracy (%)\n\n" + to_markdown(test, settings))
+    if validation:
+        shown = [s for s in settings if any(s in c for c in validation.values())]
+        text += ("\n## Validation accuracy (%): choices are made on this table; "
+                 "test is only reported\n\n" + to_markdown(validation, shown))
+    if baseline is not None:
+        text += paired_markdown(pairs, baseline, settings)
+    text += profiles_markdown(methods) + rounds_markdown(curves(methods), shown_settings(settings))
+    text += wall_time_line(methods)
+    if missing:
+        text += ("\nJobs without results (failed or unfinished): "
+                 + ", ".join(str(m) for m in missing) + "\n")
+    return text
