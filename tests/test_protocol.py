@@ -23,6 +23,8 @@ from fedquant.quant import (
     reestimate_batchnorm,
     set_bitwidth,
 )
+from fedquant.quant.graph import batchnorm_after
+from fedquant.quant.integer_bias import quantize_biases
 from tests.helpers import make_config
 
 
@@ -96,6 +98,7 @@ def test_one_batchnorm_rule_for_every_setting_fp_included(reestimate):
     assert result["test"]["fp"]["loss"] == pytest.approx(expected_fp, rel=1e-6)
     set_bitwidth(ref, 8, 8)
     calibrate(ref, [x[:32]], reestimate_bn=reestimate)
+    quantize_biases(ref, batchnorm_after(ref))  # the deployed int32 biases (eval.integer_bias, on by default)
     assert result["test"]["w8a8"]["loss"] == pytest.approx(accuracy(ref, data, x, data.test_y)[1], rel=1e-6)
     assert set(result["validation"]) == {"fp", "w8a8"}
     assert ("re-estimated" in ev.describe()["batchnorm"]) == reestimate

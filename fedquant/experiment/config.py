@@ -245,7 +245,7 @@ def with_overrides(cfg: Mapping, overrides: Mapping[str, Any],
     whole by :func:`validate`. Keys that a config written by an older version lacks take the
     schema's defaults, which reproduce what that version did. Without ``servers`` (offline tools,
     no Flower) the run's own server strategy and options are taken as checked when it ran."""
-    out = _complete(copy.deepcopy(dict(cfg)), schema.defaults())
+    out = complete(cfg)
     if servers is None:
         strat = out.get("strategy", {})
         servers = {strat.get("server"): set(strat.get("server_options", {}))}
@@ -261,10 +261,16 @@ def with_overrides(cfg: Mapping, overrides: Mapping[str, Any],
     return out
 
 
-def _complete(cfg: dict, defaults: Mapping) -> dict:
+def complete(cfg: Mapping) -> dict:
+    """A copy of a run's config with the keys it lacks (written by an older version) set to the
+    schema's defaults, which reproduce what that version did; nothing else is checked."""
+    return _fill(copy.deepcopy(dict(cfg)), schema.defaults())
+
+
+def _fill(cfg: dict, defaults: Mapping) -> dict:
     for k, v in defaults.items():
         if k not in cfg and v != REQUIRED:
             cfg[k] = copy.deepcopy(v)
         elif isinstance(v, Mapping) and isinstance(cfg.get(k), dict):
-            _complete(cfg[k], v)
+            _fill(cfg[k], v)
     return cfg

@@ -23,6 +23,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from ..quant.graph import batchnorm_user
 from ..quant.modules import QuantLayerMixin
 from .builder import NodeBuilder, f32
 
@@ -46,12 +47,10 @@ class BatchNormNodes(NodeBuilder):
     def foldable_batchnorm(self, node: fx.Node, layer: nn.Module) -> tuple[fx.Node, np.ndarray, np.ndarray] | None:
         """The BatchNorm right after conv ``node`` (its only user) and its ``(a, c)``, when it
         can be folded (module docstring); else None."""
-        if not (self.fold_batchnorm and isinstance(layer, nn.Conv2d) and len(node.users) == 1):
+        user = batchnorm_user(node, self.modules) if self.fold_batchnorm else None
+        if user is None:
             return None
-        (user,) = node.users
-        bn = self.modules.get(user.target) if user.op == "call_module" else None
-        if not isinstance(bn, nn.BatchNorm2d):
-            return None
+        bn = self.modules[user.target]
         a, c = bn_affine(bn)
         quantized = isinstance(layer, QuantLayerMixin) and layer.weight_quantizer.bits is not None
         if quantized and not (np.isfinite(a).all() and (a > 0).all()):

@@ -27,9 +27,9 @@ def f32(array) -> np.ndarray:
 class NodeBuilder:
     """Accumulates ONNX nodes, initializers and the encodings while walking the fx graph."""
 
-    def __init__(self, model: nn.Module, fold_batchnorm: bool, int4: bool) -> None:
+    def __init__(self, model: nn.Module, fold_batchnorm: bool, int4: bool, integer_bias: bool = False) -> None:
         self.modules = dict(model.named_modules())
-        self.fold_batchnorm, self.int4 = fold_batchnorm, int4
+        self.fold_batchnorm, self.int4, self.integer_bias = fold_batchnorm, int4, integer_bias
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.values: dict[fx.Node, str] = {}

@@ -22,25 +22,16 @@ from dataclasses import dataclass, field
 
 import onnx
 import torch
-import torch.fx as fx
 from onnx import TensorProto, helper
 from torch import nn
 
-from ..quant.modules import QuantLayerMixin
+from ..quant.graph import trace
 from .builder import INPUT, OUTPUT
 from .encodings import encodings_document
 from .ops import OpNodes
 
 OPSET = 21  # INT4 DequantizeLinear, Pad with axes, GroupNormalization with per-channel scale and bias
 IR_VERSION = 10  # the lowest IR version that carries opset 21 (and INT4)
-_LEAVES = (QuantLayerMixin, nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.GroupNorm, nn.ReLU, nn.MaxPool2d,
-           nn.Flatten, nn.AdaptiveAvgPool2d, nn.Identity, nn.Dropout)
-
-
-class _Tracer(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)
-
 
 @dataclass
 class Exported:
@@ -67,14 +58,16 @@ def _rename_output(nodes: list[onnx.NodeProto], old: str) -> None:
 
 @torch.no_grad()
 def export_model(model: nn.Module, input_shape: tuple[int, ...], setting: str = "",
-                 fold_batchnorm: bool = True, int4: bool = True) -> Exported:
+                 fold_batchnorm: bool = True, int4: bool = True, integer_bias: bool = False) -> Exported:
     """``model`` (quantized with :func:`fedquant.quant.quantize_model`, calibrated as deployed,
     e.g. by ``Evaluator.deploy``) as an ONNX QDQ graph over a float NCHW input ``[batch,
-    *input_shape]`` (dynamic batch) giving logits ``[batch, classes]``; see the module docstring."""
+    *input_shape]`` (dynamic batch) giving logits ``[batch, classes]``; see the module docstring.
+    ``integer_bias``: biases of quantized layers as int32 (pass the protocol's ``integer_bias``:
+    ``Evaluator.deploy`` then put them on that grid already), else as they are, in float."""
     model = model.eval()
     classes = model(torch.zeros(1, *input_shape)).shape[-1]
-    builder = OpNodes(model, fold_batchnorm, int4)
-    output = builder.emit(_Tracer().trace(model))
+    builder = OpNodes(model, fold_batchnorm, int4, integer_bias)
+    output = builder.emit(trace(model))
     if output == INPUT:
         builder.nodes.append(helper.make_node("Identity", [INPUT], [OUTPUT], name=OUTPUT))
     else:

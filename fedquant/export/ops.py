@@ -38,7 +38,7 @@ class OpNodes(QdqNodes, BatchNormNodes):
             bias = c if bias is None else bias * a + c
             self.skip.add(folded[0])
             self.batchnorm[folded[0].target] = f"folded into {qualname}: weight scale * a, bias c"
-        inputs = [x, w] + ([self.const(f"{qualname}.bias", bias)] if bias is not None else [])
+        inputs = [x, w] + ([self.bias(layer, qualname, bias, a)] if bias is not None else [])
         out = self.output_name(folded[0] if folded else node)
         if folded:
             self.values[folded[0]] = out

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from ..data import DatasetError
+from ..experiment.config import complete
 from ..experiment.specs import experiment_specs, server_evaluator
 from ..experiment.workspace import federated_data
 from ..federation.bitwidths import FLOAT, Setting, parse_settings, setting_name
@@ -134,7 +135,8 @@ def build_artifact(evaluator: Evaluator, state: dict, setting: Setting, fold_bat
     except ValueError as err:
         raise ExportError(f"cannot calibrate {name}: {err}") from None
     data = evaluator.data
-    exported = export_model(model, data.image_shape, name, fold_batchnorm=fold_batchnorm, int4=int4)
+    exported = export_model(model, data.image_shape, name, fold_batchnorm=fold_batchnorm, int4=int4,
+                            integer_bias=evaluator.protocol.integer_bias)
     blob = exported.to_bytes()
     exact = session(blob, exact=True)
     x = data.normalize(data.test_x[:CHECK_IMAGES])
@@ -160,6 +162,7 @@ def export_run(target: Path, out: Path | None = None, names: list[str] | None = 
     cfg = payload.get("config")
     if not isinstance(cfg, dict):
         raise ExportError(f"{checkpoint}: the checkpoint holds no run config; export needs one written by fedquant")
+    cfg = complete(cfg)  # keys an older run lacks take the schema's defaults (e.g. eval.integer_bias)
     try:
         plan = plan_settings(cfg, names)
     except ValueError as err:

@@ -7,8 +7,10 @@ The protocol (:class:`EvalProtocol`, stated in every results.json) for each sett
 2. BatchNorm: one rule for every setting, float included: statistics re-estimated on the
    calibration images at this setting (``reestimate_bn``), or the trained ones everywhere;
 3. quantized settings: weight ranges (``max`` or ``mse``), optionally AdaRound, activation
-   ranges on the calibration images (``minmax``, ``mse`` or ``percentile``), and optionally
-   empirical bias correction followed by a second calibration pass;
+   ranges on the calibration images (``minmax``, ``mse`` or ``percentile``), optionally
+   empirical bias correction followed by a second calibration pass, and (``integer_bias``, on by
+   default) every bias of a quantized layer put on its int32 grid ``s_x s_w`` (with the following
+   BatchNorm folded, as deployed: :mod:`fedquant.quant.integer_bias`);
 4. accuracy and loss on the validation images (where choices are made) and on the test set
    (only reported).
 """
@@ -31,6 +33,8 @@ from ..quant import calibrate, quant_layers, reestimate_batchnorm, set_bitwidth,
 from ..quant.adaround import AdaRoundConfig, adaround
 from ..quant.bias_correction import correct_bias
 from ..quant.config import ACT_RANGES, WEIGHT_RANGES
+from ..quant.graph import batchnorm_after
+from ..quant.integer_bias import quantize_biases
 from .batches import memory_format_for, to_input
 
 PTQ_METHODS = ("basic", "adaround")
@@ -76,6 +80,8 @@ class EvalProtocol:
     ptq: str = key("basic", "post-training quantization: basic (round to nearest) | adaround", choices=PTQ_METHODS)
     adaround_iterations: int = key(500, "AdaRound iterations per layer (the paper uses 10,000)", ge=1)
     bias_correction: bool = key(False, "empirical bias correction of layers with a bias (after calibration)")
+    integer_bias: bool = key(True, "biases of quantized layers in int32 on the grid s_x s_w (BatchNorm folded into "
+                                   "the conv before it), as integer runtimes hold them; false: float biases")
 
     def __post_init__(self) -> None:
         check_fields(self)  # the same field rules the config is checked with
@@ -92,6 +98,8 @@ class EvalProtocol:
                 + (f" ({self.act_percentile:g}th)" if self.act_range == "percentile" else ""),
                 "ptq": self.ptq + (f" ({self.adaround_iterations} iterations per layer)" if self.ptq == "adaround"
                                    else "") + (" + bias correction" if self.bias_correction else ""),
+                "bias": ("int32 on s_x s_w (BatchNorm folded into the conv before it)" if self.integer_bias
+                         else "float"),
                 "calibration_samples": calibration, "validation_samples": validation}
 
 
@@ -114,6 +122,7 @@ class Evaluator:
         x = self.data.train_x[self.calibration]
         self._calib = [to_input(self.data, x[i:i + 256], self.device, fmt) for i in range(0, len(x), 256)]
         self._float: nn.Module | None = None  # the float reference for bias correction
+        self._batchnorm_after: dict[str, str] | None = None  # conv -> the BatchNorm folded into it
 
     def with_data(self, **fields) -> Evaluator:
         """The same evaluator with other data fields (e.g. ``calibration``)."""
@@ -141,6 +150,10 @@ class Evaluator:
         if p.bias_correction:
             correct_bias(self.model, self._float_reference(state), self._calib)
             self._calibrate()  # the corrected biases move the ranges of the layers after them
+        if p.integer_bias:  # last: the grids need the final ranges; the ranges stay (as a runtime's do)
+            if self._batchnorm_after is None:
+                self._batchnorm_after = batchnorm_after(self.model)
+            quantize_biases(self.model, self._batchnorm_after)
         return self.model
 
     def _calibrate(self) -> None:

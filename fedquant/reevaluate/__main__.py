@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ptq", choices=PTQ_METHODS, help="post-training quantization (default: the run's)")
     parser.add_argument("--adaround-iterations", type=int, help="AdaRound iterations per layer")
     parser.add_argument("--bias-correction", choices=("on", "off"), help="empirical bias correction (default: the run's)")
+    parser.add_argument("--bias", choices=("int32", "float"),
+                        help="biases of quantized layers: int32 on s_x s_w as deployed, or float (default: the "
+                             "run's eval.integer_bias; runs from before that option: int32)")
     parser.add_argument("--bn", choices=("reestimate", "keep"),
                         help="BatchNorm rule for every setting (default: the run's)")
     parser.add_argument("--settings", nargs="+", default=None,
@@ -58,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
         options["reestimate_bn"] = args.bn == "reestimate"
     if args.bias_correction:
         options["bias_correction"] = args.bias_correction == "on"
+    if args.bias:
+        options["integer_bias"] = args.bias == "int32"
     jobs = sorted(p.parent for p in args.sweep_dir.glob("*/results.json"))
     if not jobs:
         print(f"error: no */results.json under {args.sweep_dir}: pass the directory of a finished sweep", file=sys.stderr)
