@@ -20,7 +20,7 @@ from strategies import build_strategy, discover_partitions, server_options
 from .data import DatasetError
 from .experiment.config import ConfigError, validate
 from .experiment.history import RunHistory
-from .experiment.resume import load_resume
+from .experiment.resume import load_init, load_resume
 from .experiment.rounds import AfterRound
 from .experiment.specs import (
     evaluation_settings,
@@ -109,6 +109,10 @@ class Experiment:
                                        client_work=[len(c) for c in self.fed.clients],
                                        on_report=self.history.record_train, **strat["server_options"])
         self.offset, self.initial_state = 0, float_state(model)
+        self.initialized = None if self.resumed else load_init(cfg, self.initial_state)
+        if self.initialized:
+            self.initial_state, source = self.initialized
+            print(f"starting from {source['checkpoint']} (round {source['round']} of a {source['strategy']} run)")
         if self.resumed:
             self.offset, self.initial_state = self.resumed["round"], self.resumed["arrays"]
             self.strategy.resume_at(self.offset, self.resumed["server_state"])
@@ -126,6 +130,8 @@ class Experiment:
         save_checkpoint(self.output_dir, server_round,
                         {"arrays": state, "server_state": self.strategy.server_state(),
                          **self.history.checkpoint_payload(), "average": self.averaging.state_dict(),
+                         "initialized_from": self.initialized[1] if self.initialized
+                         else (self.resumed or {}).get("initialized_from"),
                          "config": self.cfg},
                         keep=self.cfg["checkpoint"]["keep"])
 
@@ -157,6 +163,9 @@ class Experiment:
                                 "validation": len(fed.validation)}
         if self.resumed:
             results["resumed_from"] = {"checkpoint": self.resumed["path"], "round": self.resumed["round"]}
+        source = self.initialized[1] if self.initialized else (self.resumed or {}).get("initialized_from")
+        if source:
+            results["initialized_from"] = source
         results["timing"] = self.history.timing()
         self._plots = write_outputs(results, self.output_dir, fed.label_histogram())
         self.results = results

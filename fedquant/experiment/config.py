@@ -202,10 +202,21 @@ def check_oscillation(cfg: Mapping, servers) -> None:
 
 
 def check_resume(cfg: Mapping, servers) -> None:
-    resume_from = cfg["resume_from"]
-    if resume_from is not None and not Path(str(resume_from)).expanduser().exists():
-        raise ConfigError(f"resume_from={resume_from!r} is not valid: no such file or directory; "
-                          "allowed is a checkpoint_r*.pt file or a run directory holding one")
+    for name in ("resume_from", "init_from"):
+        path = cfg[name]
+        if path is not None and not Path(str(path)).expanduser().exists():
+            raise ConfigError(f"{name}={path!r} is not valid: no such file or directory; "
+                              "allowed is a checkpoint_r*.pt file or a run directory holding one")
+
+
+def check_recipes(cfg: Mapping, servers) -> None:
+    """The warm-start recipes schedule QAT: they need QAFedAvg with a quantized setting in B."""
+    strat = cfg["strategy"]
+    for name, off in (("qat_from_round", 1), ("progressive_rounds", 0)):
+        if strat[name] != off and (strat["name"] != "qafedavg" or all(
+                s == FLOAT for s in parse_settings(strat["bits"], "strategy.bits"))):
+            raise ConfigError(f"strategy.{name}={strat[name]} schedules quantization-aware training: use "
+                              f"strategy=qafedavg with a quantized setting in strategy.bits, or set strategy.{name}={off}")
 
 
 def check_holdout(cfg: Mapping, servers=None) -> None:
@@ -224,7 +235,7 @@ def check_holdout(cfg: Mapping, servers=None) -> None:
 
 
 RULES = (check_counts, check_dataset_root, check_model_options, check_server, check_bits, check_profiles,
-         check_oscillation, check_resume, check_holdout)
+         check_oscillation, check_recipes, check_resume, check_holdout)
 
 
 def validate(cfg: Mapping, servers: Mapping[str, Collection[str]]) -> None:
@@ -243,7 +254,7 @@ def with_overrides(cfg: Mapping, overrides: Mapping[str, Any],
                    servers: Mapping[str, Collection[str]] | None = None) -> dict:
     """A copy of ``cfg`` with dotted keys replaced (``{"eval.ptq": "adaround"}``), checked as a
     whole by :func:`validate`. Keys that a config written by an older version lacks take the
-    schema's defaults, which reproduce what that version did. Without ``servers`` (offline tools,
+    schema's defaults (:func:`complete`: today's protocol). Without ``servers`` (offline tools,
     no Flower) the run's own server strategy and options are taken as checked when it ran."""
     out = complete(cfg)
     if servers is None:
@@ -261,10 +272,24 @@ def with_overrides(cfg: Mapping, overrides: Mapping[str, Any],
     return out
 
 
-def complete(cfg: Mapping) -> dict:
+# keys added after runs were written whose default is not what those runs did: {key: old behaviour}
+LEGACY = {"eval.integer_bias": False}  # runs before it were evaluated with float biases
+
+
+def complete(cfg: Mapping, legacy: bool = False) -> dict:
     """A copy of a run's config with the keys it lacks (written by an older version) set to the
-    schema's defaults, which reproduce what that version did; nothing else is checked."""
-    return _fill(copy.deepcopy(dict(cfg)), schema.defaults())
+    schema's defaults, i.e. today's protocol; with ``legacy``, keys in :data:`LEGACY` take what
+    that version did instead (to continue a run exactly). Nothing else is checked."""
+    out = copy.deepcopy(dict(cfg))
+    if legacy:
+        for dotted, value in LEGACY.items():
+            *parents, last = dotted.split(".")
+            node = out
+            for part in parents:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict) and last not in node:
+                node[last] = value
+    return _fill(out, schema.defaults())
 
 
 def _fill(cfg: dict, defaults: Mapping) -> dict:

@@ -68,6 +68,9 @@ class Strategy:
     on_too_few_replies: str = key("retry", "... retries the round with a new sample (retry) or stops the run",
                                   choices=ON_TOO_FEW)
     max_retries: int = key(3, "retries of a round with too few replies", ge=0)
+    qat_from_round: int = key(1, "warm start: rounds before this one train in float (FedAvg), QAT from it on", ge=1)
+    progressive_rounds: int = key(0, "the lowest bit-widths of B enter over this many rounds from qat_from_round, "
+                                     "highest first (0: all of B at once)", ge=0)
 
 
 @dataclass
@@ -154,6 +157,8 @@ class Experiment:
     clients_per_round: int = key(4, "clients sampled each round (at most num_clients)", ge=1)
     resume: bool = key(False, "continue the newest checkpointed run under the output root (outputs/)")
     resume_from: str | None = key(None, "or continue this checkpoint file / run directory")
+    init_from: str | None = key(None, "start from another run's final global model (a checkpoint file or run "
+                                      "directory); training and evaluation as configured here")
     quiet: bool = key(False, "only the final table, no per-round progress")
     model: Model = dataclasses.field(default_factory=Model)
     dataset: Dataset = dataclasses.field(default_factory=Dataset)

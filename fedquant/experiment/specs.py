@@ -13,7 +13,7 @@ from ..federation.bitwidths import FLOAT, Setting, parse_settings
 from ..federation.freezing import OscillationPlan
 from ..federation.plan import TrainingPlan
 from ..federation.profiles import profiles_from_config, width_levels, with_profile_settings
-from ..federation.schedule import LRSchedule
+from ..federation.schedule import BitSchedule, LRSchedule
 from ..learning.evaluation import EvalProtocol, Evaluator
 from ..learning.width_evaluation import LevelledEvaluator
 from ..models.width import without_scalers
@@ -45,10 +45,12 @@ def training_plan(cfg: Mapping) -> TrainingPlan:
                               float(client["lr_min_factor"]), int(client["lr_step_rounds"]),
                               float(client["lr_gamma"]))
     bits = parse_settings(strat["bits"], "strategy.bits")
+    recipe = BitSchedule(strat["qat_from_round"], strat["progressive_rounds"])
     return TrainingPlan(strat["name"], strat["sampling"], bits, cfg["num_clients"], cfg["clients_per_round"], cfg["seed"],
                         profiles_from_config(strat["profiles"]),
                         failure_rate=faults["client_failure_rate"], nan_rate=faults["nan_client_rate"],
-                        lr_schedule=schedule, oscillation=oscillation_plan(cfg, bits))
+                        lr_schedule=schedule, oscillation=oscillation_plan(cfg, bits),
+                        bit_schedule=recipe if recipe.active else None)
 
 
 def oscillation_plan(cfg: Mapping, bits: list[Setting]) -> OscillationPlan | None:

@@ -12,7 +12,7 @@ from ..streams import Stream, stream_rng
 from .bitwidths import FLOAT, BitSampler, Setting, encode
 from .freezing import OscillationPlan
 from .profiles import Profile, assign_profiles
-from .schedule import LRSchedule
+from .schedule import BitSchedule, LRSchedule, precision
 
 STRATEGIES = ("fedavg", "qafedavg")  # float training (+ post-training quantization) or QAT
 ON_TOO_FEW = ("retry", "stop")  # what the server does with a round that has too few replies
@@ -38,18 +38,26 @@ class TrainingPlan:
     failure_rate: float = 0.0  # simulation-only fault injection: share of sampled clients that raise
     nan_rate: float = 0.0  # simulation-only: share of sampled clients that reply with NaN weights
     lr_schedule: LRSchedule | None = None  # the client learning rate per round (None: the config's)
+    bit_schedule: BitSchedule | None = None  # warm-start recipes: float rounds first, lowest bits later
     oscillation: OscillationPlan | None = None  # oscillation dampening / weight freezing (None: off)
 
     def __post_init__(self) -> None:
         self.profile_of = assign_profiles(self.profiles, self.num_clients, self.seed) if self.profiles else None
 
-    def allowed(self, client: int) -> list[Setting]:
+    def allowed(self, client: int, server_round: int) -> list[Setting]:
+        """The settings ``client`` may train at in ``server_round``: B (or the round's ``B_r``,
+        :class:`~fedquant.federation.schedule.BitSchedule`) intersected with its profile's bits;
+        a profile none of whose bits ``B_r`` admits yet trains at its highest setting in B."""
         if self.strategy == "fedavg":
             return [FLOAT]
+        bits = self.bit_schedule.at(server_round, self.bits) if self.bit_schedule else self.bits
         if self.profile_of is None:
-            return self.bits
+            return bits
         profile = self.profiles[self.profile_of[client]].settings
-        return [s for s in self.bits if s in profile or s == FLOAT]
+        own = [s for s in bits if s in profile or s == FLOAT]
+        if own:
+            return own
+        return [max((s for s in self.bits if s in profile), key=precision)]
 
     def width(self, client: int) -> float:
         """The width of the sub-model client ``client`` trains (its profile's; 1: the full model)."""
@@ -82,7 +90,7 @@ class TrainingPlan:
 
     def assignment(self, server_round: int, client: int) -> tuple[str, list[str]]:
         """(sampling mode, settings) that travel to the client in its ConfigRecord."""
-        allowed = self.allowed(client)
+        allowed = self.allowed(client, server_round)
         if self.strategy == "fedavg" or len(allowed) == 1:
             return "fixed", encode(allowed[:1])
         if self.sampling == "per_round":

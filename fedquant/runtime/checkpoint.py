@@ -63,16 +63,18 @@ def load_checkpoint(path: Path) -> dict:
     return payload
 
 
-def find_checkpoint(resume_from: str | None, runs_root: Path, exclude: Path | None = None) -> Path:
-    """``resume_from`` (a checkpoint file or a run directory), else the newest checkpoint of any
-    run under ``runs_root`` (Hydra's output root) other than ``exclude`` (the new run's own dir)."""
+def find_checkpoint(resume_from: str | None, runs_root: Path, exclude: Path | None = None,
+                    key: str = "resume_from") -> Path:
+    """``resume_from`` (a checkpoint file or a run directory: its newest), else the newest
+    checkpoint of any run under ``runs_root`` (Hydra's output root) other than ``exclude`` (the
+    new run's own dir); ``key`` names the config key in errors."""
     if resume_from:
         target = Path(resume_from).expanduser()
         if target.is_file():
             return target
         found = list_checkpoints(target)
         if not found:
-            raise CheckpointError(f"resume_from={resume_from}: no checkpoint_r*.pt there; pass a checkpoint file or a run directory that has one")
+            raise CheckpointError(f"{key}={resume_from}: no checkpoint_r*.pt there; pass a checkpoint file or a run directory that has one")
         return found[-1]
     candidates = [p for p in Path(runs_root).rglob("checkpoint_r*.pt")
                   if PATTERN.fullmatch(p.name) and (exclude is None or Path(exclude) not in p.parents)]
