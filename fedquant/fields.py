@@ -9,6 +9,7 @@ so an allowed value is written once and checked by the same code wherever it ent
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 import types
 import typing
@@ -59,24 +60,27 @@ def check_key(name: str, value: Any, f: dataclasses.Field, annotation: Any) -> A
     """Check ``value`` of key ``name`` against its field; return it (ints given for floats stay
     as given) or raise ``ValueError`` with the one-line message: the key, the value, what is allowed."""
     meta = f.metadata
-    if meta.get("check") is not None:  # the key's own check owns its type and values
+    types = _base_types(annotation)
+    if meta.get("check") is not None:  # the key's own check owns its values (and a scalar's type)
+        if list in types and (not isinstance(value, Sequence) or isinstance(value, str)):
+            raise ValueError(f"{name}={_shown(value)} is not valid: allowed is a list")
         meta["check"](name, value)
         return value
     if value is None and (type(None) in typing.get_args(annotation) or annotation is Any):
         return value
-    types = _base_types(annotation)
     if bool in types:
         if not isinstance(value, bool):
-            raise ValueError(f"{name}={value!r} is not valid: allowed are true, false")
+            raise ValueError(f"{name}={_shown(value)} is not valid: allowed are true, false")
     elif int in types:
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not _in_bounds(value, meta):
-            raise ValueError(f"{name}={value!r} is not valid: allowed is {_number_rule('integer', meta)}")
+            raise ValueError(f"{name}={_shown(value)} is not valid: allowed is {_number_rule('integer', meta)}")
     elif float in types:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not _in_bounds(value, meta):
-            raise ValueError(f"{name}={value!r} is not valid: allowed is {_number_rule('number', meta)}")
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+                or not _in_bounds(value, meta):
+            raise ValueError(f"{name}={_shown(value)} is not valid: allowed is {_number_rule('number', meta)}")
     elif meta.get("choices") is not None:
         if value not in meta["choices"]:
-            raise ValueError(f"{name}={value!r} is not valid: allowed are {', '.join(meta['choices'])}")
+            raise ValueError(f"{name}={_shown(value)} is not valid: allowed are {', '.join(map(str, meta['choices']))}")
     elif str in types and not isinstance(value, str):
         raise ValueError(f"{name}={value!r} is not valid: allowed is a string")
     elif list in types and (not isinstance(value, Sequence) or isinstance(value, str)):
@@ -86,13 +90,13 @@ def check_key(name: str, value: Any, f: dataclasses.Field, annotation: Any) -> A
     return value
 
 
+def _shown(value: Any) -> str:
+    """A value as the config file writes it: null, true/false, else Python's repr."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else repr(value)
+
+
 def check_fields(obj: Any, prefix: str = "") -> None:
     """Check every field of the dataclass instance ``obj`` (its ``__post_init__`` calls this)."""
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         check_key(prefix + f.name, getattr(obj, f.name), f, hints[f.name])
-
-
-def described(cls: type) -> dict[str, str]:
-    """``{key: doc}`` of a dataclass's fields (for help texts and docs)."""
-    return {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(cls)}

@@ -3,29 +3,18 @@ Flower does not keep the state or send the messages they rely on."""
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-from fedquant.federation.protocol import TESTED_FLWR
+from fedquant.federation.flower_releases import TESTED_FLWR, installed_flwr, is_tested
 
 
 class FlowerMismatch(RuntimeError):
     """The installed Flower differs from the tested one where fedquant depends on its internals."""
 
 
-def installed_flwr() -> str:
-    try:
-        return version("flwr")
-    except PackageNotFoundError:  # e.g. run from a source tree
-        import flwr
-
-        return str(getattr(flwr, "__version__", "unknown"))
-
-
 def flower_mismatch(what: str) -> FlowerMismatch:
     """``what`` went wrong, and whether the installed flwr is one of the tested versions, in one line."""
     installed = installed_flwr()
     tested = " and ".join(TESTED_FLWR)
-    if ".".join(installed.split(".")[:2]) in TESTED_FLWR:
+    if is_tested(installed):
         note = (f"flwr {installed} is a tested version ({tested}), so a subclass or patch changed Flower's "
                 "strategy")
     else:

@@ -37,6 +37,7 @@ def test_import_contracts_are_kept():
     ("fedquant/flower_app.py", "import onnx\n", "Only fedquant.export (and the ONNX latency benchmark) imports"),
     ("benchmarks/timing/sim_overhead.py", "import onnxruntime\n", "Only fedquant.export (and the ONNX latency"),
     ("fedquant/export/encodings.py", "import onnx\n", "fedquant.export.encodings never imports onnx"),
+    ("clients/app.py", "import fedquant.export.check\n", "never import onnx, even indirectly"),
     ("fedquant/experiment/_probe.py", "import benchmarks.common\n", "never imports benchmarks"),
     ("benchmarks/studies/_probe.py", "import benchmarks.timing.ptq_cost\n", "never import each other"),
 ])

@@ -72,6 +72,17 @@ BAD = [
     (["simulation.num_cpus_per_client=0"], "simulation.num_cpus_per_client=0 is not valid: allowed is a number > 0.0"),
     (["simulation.num_gpus_per_client=-0.5"], "simulation.num_gpus_per_client=-0.5 is not valid: allowed is a number >= 0.0"),
     (["simulation.device=tpu"], "simulation.device='tpu' is not valid: allowed are auto, cpu, cuda"),
+    (["logger=wandb", "logger.mode=bad"], "logger.mode='bad' is not valid: allowed are online, offline, disabled"),
+    (["+quantization.weight_bits=4"], "quantization.weight_bits is not a config key"),
+    (["+quantizaton.pinned_bits=4"], "quantizaton is not a config key: did you mean quantization?"),
+    (["partition=shards", "+partition.alpha=0.1"], "partition.alpha is not a config key: allowed under partition are k, name"),
+    (["strategy.profiles=[{name: a, share: 1.0, bits: 4}]"], "strategy.profiles[0].bits=4 is not valid: allowed is a list"),
+    (["strategy.profiles=[{name: a, share: 1.0, bits: null}]"], "strategy.profiles[0].bits=null is not valid: allowed is a list"),
+    (["strategy.profiles=[{name: a, share: 1.0}]"], "strategy.profiles[0].bits is missing: it has no default"),
+    (["strategy.bits=null"], "strategy.bits=null is not valid: allowed is a list"),
+    (["eval.settings=null"], "eval.settings=null is not valid: allowed is a list"),
+    (["client.lr=inf"], "client.lr=inf is not valid: allowed is a number > 0.0"),
+    (["~eval.ptq"], "eval.ptq is missing: add it, e.g. eval.ptq='basic' (its default)"),
 ]
 
 
@@ -130,9 +141,9 @@ def test_conf_sets_only_keys_the_schema_knows_and_every_key_is_documented():
     assert set(cfg) == set(defaults)
     for section in ("client", "eval", "strategy", "faults", "checkpoint", "simulation", "quantization"):
         assert set(cfg[section]) == set(defaults[section]), section
-    classes = [schema.Experiment, schema.Model, schema.Dataset, schema.Strategy, schema.Profile, schema.Client,
-               schema.Eval, schema.Faults, schema.Checkpoint, schema.Simulation, schema.Dirichlet, schema.Shards,
-               schema.Wandb, QuantConfig]
+    classes = [schema.ExperimentConfig, schema.ModelConfig, schema.DatasetConfig, schema.StrategyConfig, schema.ProfileConfig, schema.ClientConfig,
+               schema.EvalConfig, schema.FaultsConfig, schema.CheckpointConfig, schema.SimulationConfig, schema.DirichletConfig, schema.ShardsConfig,
+               schema.WandbConfig, QuantConfig]
     undocumented = [f"{c.__name__}.{f.name}" for c in classes for f in dataclasses.fields(c)
                     if not dataclasses.is_dataclass(f.default_factory) and not f.metadata.get("doc")]
     assert not undocumented

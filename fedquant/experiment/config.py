@@ -11,11 +11,12 @@ import copy
 import dataclasses
 import difflib
 import typing
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..federation.bitwidths import FLOAT, parse_settings
+from ..federation.profiles import profiles_from_config
 from ..fields import REQUIRED, check_key
 from ..models import WIDTH_MODELS, model_options
 from ..quant import QuantConfig
@@ -42,21 +43,22 @@ def _unknown(name: str, section: Mapping, known: Collection[str], prefix: str) -
                        f"{prefix.rstrip('.') or 'the top level'} are {', '.join(sorted(known))}")
 
 
-def check_section(section: Any, cls: type, prefix: str = "", skip: Collection[str] = (), partial: bool = False) -> None:
+def check_section(section: Any, cls: type, prefix: str = "", elsewhere: Collection[str] = (),
+                  excluded: Collection[str] = (), partial: bool = False) -> None:
     """Every field of the dataclass ``cls`` present in ``section`` with a valid value (nested
     sections recursively; with ``partial``, keys with a default may be left out), and no key
-    ``cls`` does not know."""
+    ``cls`` does not know. ``elsewhere``: keys of ``cls`` checked by another function; ``excluded``:
+    fields of ``cls`` that are not config keys (a run-time value)."""
     if not isinstance(section, Mapping):
         raise ConfigError(f"{prefix.rstrip('.')}={section!r} is not valid: allowed is a mapping")
     hints = typing.get_type_hints(cls)
-    fields = [f for f in dataclasses.fields(cls) if f.name not in skip]
+    fields = [f for f in dataclasses.fields(cls) if f.name not in elsewhere and f.name not in excluded]
     for f in fields:
         name = prefix + f.name
         if partial and f.name not in section and f.default != REQUIRED:
             continue
         if f.name not in section or section[f.name] == REQUIRED:
-            raise ConfigError(f"{name} is missing: add it to the config (its default is in "
-                              "fedquant/experiment/schema.py; a config group sets it: see conf/)")
+            raise ConfigError(_missing(name, f))
         if dataclasses.is_dataclass(f.default_factory):
             check_section(section[f.name], f.default_factory, name + ".")
             continue
@@ -64,10 +66,19 @@ def check_section(section: Any, cls: type, prefix: str = "", skip: Collection[st
             check_key(name, section[f.name], f, hints[f.name])
         except ValueError as err:
             raise ConfigError(str(err)) from None
-    known = {f.name for f in fields}
+    known = {f.name for f in fields} | set(elsewhere)
     for k in section:
-        if k not in known and k not in skip:
+        if k not in known:
             raise _unknown(k, section, known, prefix)
+
+
+def _missing(name: str, f: dataclasses.Field) -> str:
+    if f.default == REQUIRED:
+        group = name.split(".")[0]
+        return (f"{name} is missing: it is set by the {group} config group (conf/{group}/), e.g. {group}=<option>"
+                if "[" not in name else f"{name} is missing: it has no default, give it")
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return f"{name} is missing: add it, e.g. {name}={default!r} (its default)"
 
 
 def _check_variant(cfg: Mapping, section: str) -> None:
@@ -78,17 +89,17 @@ def _check_variant(cfg: Mapping, section: str) -> None:
         raise ConfigError(f"{section}.{name_key} is missing: choose one with {section}=<option> (see conf/{section}/)")
     if node[name_key] not in names:
         raise ConfigError(f"{section}.{name_key}={node[name_key]!r} is not valid: allowed are {', '.join(names)}")
-    check_section({k: v for k, v in node.items() if k != name_key}, variants[node[name_key]], section + ".")
+    check_section(node, variants[node[name_key]], section + ".", elsewhere=(name_key,))
 
 
 def check_keys(cfg: Mapping) -> None:
     """Every key of the schema present and valid, no unknown key."""
-    check_section(cfg, schema.Experiment, skip=("partition", "quantization", "logger"))
+    check_section(cfg, schema.ExperimentConfig, elsewhere=("partition", "quantization", "logger"))
     for section in schema.VARIANTS:
         if section not in cfg:
             raise ConfigError(f"{section} is missing: choose one with {section}=<option> (see conf/{section}/)")
         _check_variant(cfg, section)
-    check_section(cfg.get("quantization", REQUIRED), QuantConfig, "quantization.", skip=schema.RUN_TIME_BITS)
+    check_section(cfg.get("quantization", REQUIRED), QuantConfig, "quantization.", excluded=schema.RUN_TIME_BITS)
 
 
 # ---- cross-key rules, in the order they are checked -------------------------------------------
@@ -155,14 +166,13 @@ def check_profiles(cfg: Mapping, servers) -> None:
     if not profiles:
         return
     bits = parse_settings(cfg["strategy"]["bits"], "strategy.bits")
-    names, widths = set(), []
+    names = set()
     for i, p in enumerate(profiles):
-        check_section(p, schema.Profile, f"strategy.profiles[{i}].", partial=True)
+        check_section(p, schema.ProfileConfig, f"strategy.profiles[{i}].", partial=True)
         if p["name"] in names:
             raise ConfigError(f"strategy.profiles[{i}].name={p['name']!r} is not valid: allowed is a non-empty "
                               "name not used by another profile")
         names.add(p["name"])
-        widths.append(float(p.get("width", 1.0)))
         own = parse_settings(p["bits"], f"strategy.profiles[{i}].bits")
         if cfg["strategy"]["name"] == "qafedavg" and not [s for s in bits if s == FLOAT or s in own]:
             raise ConfigError(f"strategy.profiles[{i}].bits={list(p['bits'])} shares no bit-width with strategy.bits: "
@@ -170,7 +180,7 @@ def check_profiles(cfg: Mapping, servers) -> None:
     total = sum(float(p["share"]) for p in profiles)
     if abs(total - 1.0) > 1e-6:
         raise ConfigError(f"strategy.profiles shares sum to {total:g}: allowed is a sum of 1")
-    if min(widths) < 1:
+    if any(p.width < 1 for p in profiles_from_config(profiles)):
         check_widths(cfg)
 
 
@@ -236,17 +246,18 @@ def check_holdout(cfg: Mapping, servers=None) -> None:
 
 RULES = (check_counts, check_dataset_root, check_model_options, check_server, check_bits, check_profiles,
          check_oscillation, check_recipes, check_resume, check_holdout)
+MACHINE_RULES = (check_dataset_root, check_resume)  # about the machine a run starts on, not the run
 
 
-def validate(cfg: Mapping, servers: Mapping[str, Collection[str]]) -> None:
+def validate(cfg: Mapping, servers: Mapping[str, Collection[str]], rules: Sequence = RULES) -> None:
     """Raise :class:`ConfigError` for the first problem found in ``cfg``: first every key
-    (:func:`check_keys`), then the cross-key :data:`RULES`.
+    (:func:`check_keys`), then the cross-key ``rules`` (:data:`RULES`).
 
     ``servers`` maps each Flower server strategy name to the ``strategy.server_options`` it
     accepts (``strategies.server_options()``; passed in so this module stays free of Flower).
     """
     check_keys(cfg)
-    for rule in RULES:
+    for rule in rules:
         rule(cfg, servers)
 
 
@@ -268,7 +279,7 @@ def with_overrides(cfg: Mapping, overrides: Mapping[str, Any],
         if not isinstance(node, Mapping) or last not in node:
             raise ConfigError(f"{dotted} is not a config key")
         node[last] = value
-    validate(out, servers)
+    validate(out, servers, [r for r in RULES if r not in MACHINE_RULES])  # paths of the machine it ran on
     return out
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from ..data import DATASETS, SCHEMES
 from ..federation.bitwidths import SAMPLING_MODES, parse_settings
 from ..federation.plan import ON_TOO_FEW, STRATEGIES
+from ..federation.profiles import Profile
 from ..federation.schedule import LR_SCHEDULES
 from ..fields import REQUIRED, key
 from ..learning.evaluation import EvalProtocol
@@ -41,13 +42,13 @@ def _settings(name: str, value: Any) -> None:
 
 
 @dataclass
-class Model:
+class ModelConfig:
     name: str = key(doc="mlp | cnn | resnet20 | cct (the model group)", choices=MODELS)
     options: dict = key(doc="the model's constructor options (see fedquant/models)")
 
 
 @dataclass
-class Dataset:
+class DatasetConfig:
     name: str = key(doc="the dataset group: digits | fmnist | cifar10 | cifar100", choices=DATASETS)
     root: str | None = key(doc="folder with the files (or where to download them); null = the default places")
     holdout: int = key(doc="server hold-out, seen by no client: calibration + validation images", ge=0)
@@ -56,7 +57,7 @@ class Dataset:
 
 
 @dataclass
-class Strategy:
+class StrategyConfig:
     name: str = key(doc="fedavg (float training, post-training quantization) | qafedavg (QAT)", choices=STRATEGIES)
     bits: list = key(doc="the set B: integers (WbAb), 'wXaY' or 'fp' (float steps)", check=_settings)
     sampling: str = key(doc="per_step | per_round | fixed (B must then hold one setting)", choices=SAMPLING_MODES)
@@ -74,13 +75,14 @@ class Strategy:
 
 
 @dataclass
-class Profile:
+class ProfileConfig:
     """One entry of ``strategy.profiles``: a device class."""
 
     name: str = key(doc="the profile's name (unique)", check=lambda name, v: _name(name, v))
     share: float = key(doc="the share of clients that have it", gt=0, le=1)
     bits: list = key(doc="the settings it runs: integers, 'wXaY' or 'fp'", check=_settings)
-    width: float = key(1.0, "the share of every hidden layer's channels its sub-model keeps (HeteroFL)", gt=0, le=1)
+    width: float = key(Profile.width, "the share of every hidden layer's channels its sub-model keeps (HeteroFL)",
+                       gt=0, le=1)
 
 
 def _name(name: str, value: Any) -> None:
@@ -89,7 +91,7 @@ def _name(name: str, value: Any) -> None:
 
 
 @dataclass
-class Client:
+class ClientConfig:
     lr: float = key(doc="local learning rate (set by the dataset group for its model)", gt=0.0)
     local_epochs: int = key(2, "local epochs per round", ge=1)
     lr_schedule: str = key("constant", "the lr over rounds: constant | cosine (to lr_min_factor x lr) | step",
@@ -112,7 +114,7 @@ class Client:
 
 
 @dataclass(frozen=True)
-class Eval(EvalProtocol):
+class EvalConfig(EvalProtocol):
     settings: list = key(DEFAULT_SETTINGS, "the settings the server tests: fp, wXaY (every device profile's "
                                            "settings are added)", check=_settings)
     every: int = key(1, "evaluate every N rounds (and always after the last)", ge=1)
@@ -125,20 +127,20 @@ class Eval(EvalProtocol):
 
 
 @dataclass
-class Faults:
+class FaultsConfig:
     client_failure_rate: float = key(0.0, "simulation only: share of sampled clients that raise", ge=0.0, lt=1.0)
     nan_client_rate: float = key(0.0, "simulation only: share of sampled clients that reply with NaN weights",
                                  ge=0.0, le=1.0)
 
 
 @dataclass
-class Checkpoint:
+class CheckpointConfig:
     every: int = key(1, "save every N rounds (and after the last) in the run directory; 0 = never", ge=0)
     keep: int = key(3, "newest checkpoints kept (python -m fedquant.reevaluate --last K re-tests the last K)", ge=1)
 
 
 @dataclass
-class Simulation:
+class SimulationConfig:
     num_cpus_per_client: float = key(1, "CPU cores per client actor (Ray)", gt=0.0)
     num_gpus_per_client: float = key(0.0, "fractional GPUs per client, e.g. 0.25", ge=0.0)
     ray_address: str | None = key(None, "null: a fresh local Ray instance; or attach to a running cluster: auto | "
@@ -150,7 +152,7 @@ class Simulation:
 
 
 @dataclass
-class Experiment:
+class ExperimentConfig:
     seed: int = key(0, "every seeded draw derives from it", ge=0)
     num_rounds: int = key(30, "federated rounds", ge=1)
     num_clients: int = key(10, "client data partitions", ge=1)
@@ -160,14 +162,14 @@ class Experiment:
     init_from: str | None = key(None, "start from another run's final global model (a checkpoint file or run "
                                       "directory); training and evaluation as configured here")
     quiet: bool = key(False, "only the final table, no per-round progress")
-    model: Model = dataclasses.field(default_factory=Model)
-    dataset: Dataset = dataclasses.field(default_factory=Dataset)
-    strategy: Strategy = dataclasses.field(default_factory=Strategy)
-    client: Client = dataclasses.field(default_factory=Client)
-    eval: Eval = dataclasses.field(default_factory=Eval)
-    faults: Faults = dataclasses.field(default_factory=Faults)
-    checkpoint: Checkpoint = dataclasses.field(default_factory=Checkpoint)
-    simulation: Simulation = dataclasses.field(default_factory=Simulation)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    dataset: DatasetConfig = dataclasses.field(default_factory=DatasetConfig)
+    strategy: StrategyConfig = dataclasses.field(default_factory=StrategyConfig)
+    client: ClientConfig = dataclasses.field(default_factory=ClientConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    faults: FaultsConfig = dataclasses.field(default_factory=FaultsConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    simulation: SimulationConfig = dataclasses.field(default_factory=SimulationConfig)
     # sections whose keys depend on a group's choice: see VARIANTS and QUANTIZATION
     partition: dict = key(doc="the partition group: iid | dirichlet | shards")
     quantization: dict = key(doc="how the model is fake-quantized (QuantConfig's fields)")
@@ -175,20 +177,20 @@ class Experiment:
 
 
 @dataclass
-class Dirichlet:
+class DirichletConfig:
     alpha: float = key(doc="smaller = more label skew", gt=0.0)
     min_size: int = key(doc="resample until every client holds this many samples", ge=1)
 
 
 @dataclass
-class Shards:
+class ShardsConfig:
     k: int = key(doc="classes per client", ge=1)
 
 
 @dataclass
-class Wandb:
+class WandbConfig:
     mode: str | None = key(doc="online | offline | disabled; null: online when WANDB_API_KEY is set, else offline",
-                           choices=(*WANDB_MODES, None))
+                           choices=WANDB_MODES)
     project: str = key(doc="W&B project")
     entity: str | None = key(doc="W&B entity (null: the default)")
     group: str | None = key(doc="null: the sweep's directory name in multirun, none for a single run")
@@ -196,14 +198,14 @@ class Wandb:
 
 
 @dataclass
-class Empty:
-    pass
+class EmptyConfig:
+    """A variant that adds no key (partition=iid, logger=none)."""
 
 
 # section -> (the key naming the variant, {variant: the fields it adds})
 VARIANTS: dict[str, tuple[str, tuple[str, ...], dict[str, type]]] = {
-    "partition": ("name", SCHEMES, {"iid": Empty, "dirichlet": Dirichlet, "shards": Shards}),
-    "logger": ("name", LOGGERS, {"none": Empty, "wandb": Wandb}),
+    "partition": ("name", SCHEMES, {"iid": EmptyConfig, "dirichlet": DirichletConfig, "shards": ShardsConfig}),
+    "logger": ("name", LOGGERS, {"none": EmptyConfig, "wandb": WandbConfig}),
 }
 RUN_TIME_BITS = ("weight_bits", "act_bits")  # QuantConfig fields set per setting, not by the config
 EXPERIMENT_QUANTIZATION = {"pin_first_last": True}  # the experiment's defaults that differ from QuantConfig's
@@ -230,7 +232,7 @@ def _defaults(cls: type) -> dict[str, Any]:
 
 def defaults() -> dict[str, Any]:
     """The whole config's defaults as a plain dict (``REQUIRED`` where a group sets the value)."""
-    out = _defaults(Experiment)
+    out = _defaults(ExperimentConfig)
     out["partition"] = {"name": REQUIRED}
     out["logger"] = {"name": REQUIRED}
     out["quantization"] = quantization_defaults()

@@ -71,7 +71,7 @@ def oscillation_plan(cfg: Mapping, bits: list[Setting]) -> OscillationPlan | Non
 def evaluation_settings(cfg: Mapping, names=None, key: str = "eval.settings") -> list[Setting]:
     """The settings the server tests the full model at: ``names`` (default ``eval.settings``) plus
     the deployment settings of every device profile that holds the full model (those of narrower
-    profiles are tested on their sub-models, see :func:`build_evaluator`)."""
+    profiles are tested on their sub-models, see :func:`server_evaluator`)."""
     settings = parse_settings(cfg["eval"]["settings"] if names is None else names, key)
     return with_profile_settings(settings, [p for p in profiles_from_config(cfg["strategy"]["profiles"]) if p.width == 1])
 

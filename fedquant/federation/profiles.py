@@ -30,7 +30,8 @@ class Profile:
 
 def profiles_from_config(entries: Sequence[Mapping]) -> list[Profile]:
     """``strategy.profiles`` entries (``{name, share, bits[, width]}``) as :class:`Profile` objects."""
-    return [Profile(p["name"], float(p["share"]), tuple(p["bits"]), float(p.get("width", 1.0))) for p in entries]
+    return [Profile(p["name"], float(p["share"]), tuple(p["bits"]), float(p.get("width", Profile.width)))
+            for p in entries]
 
 
 def at_width(name: str, width: float) -> str:

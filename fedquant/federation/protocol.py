@@ -10,8 +10,6 @@ from collections import Counter
 from ..quant.config import MAX_BITS
 from .bitwidths import Setting, parse_setting, setting_name
 
-TESTED_FLWR = ("1.41", "1.42")  # the Flower releases (major.minor) tested, as pyproject.toml's pin says
-
 ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"

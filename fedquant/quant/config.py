@@ -68,7 +68,7 @@ class QuantConfig:
     learned_ranges: bool = key(False, "LSQ-style learned ranges")
 
     def __post_init__(self) -> None:
-        for name in ("weight_bits", "act_bits"):  # 8.0 from a config file means 8
+        for name in ("weight_bits", "act_bits", "pinned_bits"):  # 8.0 from a config file means 8
             value = getattr(self, name)
             if isinstance(value, float) and value.is_integer():
                 setattr(self, name, int(value))

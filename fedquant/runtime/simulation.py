@@ -11,13 +11,12 @@ import os
 import socket
 import tempfile
 import warnings
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
-from ..federation.protocol import TESTED_FLWR
+from ..federation.flower_releases import TESTED_FLWR, installed_flwr
 
 
 class _KnownNoise(logging.Filter):
@@ -113,15 +112,8 @@ def _warn_once(problem: str) -> None:
     _warned.add(problem)
     logging.getLogger("fedquant").warning(
         "%s (installed flwr %s, tested with %s): replies are polled at Flower's default interval, so rounds "
-        "take a little longer (fedquant.runtime.simulation.poll_replies_often)", problem, _installed_flwr(),
+        "take a little longer (fedquant.runtime.simulation.poll_replies_often)", problem, installed_flwr(),
         " and ".join(TESTED_FLWR))
-
-
-def _installed_flwr() -> str:
-    try:
-        return version("flwr")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def run_flower_simulation(server_app: ServerApp, client_app: ClientApp, num_supernodes: int, *,
