@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedquant.data import DatasetError
 from fedquant.experiment.config import ConfigError
-from fedquant.hydra_conf import CONFIG_DIR
+from fedquant.hydra_conf import CONFIG_DIR, check_group_choices
 from fedquant.runtime.checkpoint import CheckpointError, list_checkpoints
 from fedquant.runtime.simulation import RayUnreachable
 from fedquant.tracking.wandb_logger import WandbSetupError
@@ -48,6 +48,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     metric = container.pop("optimized_metric", None)  # set by conf/hparams_search/*
     group = Path(hydra_cfg.sweep.dir).name if multirun else None
     try:
+        check_group_choices(container, hydra_cfg.runtime.choices)
         results = run_experiment(container, hydra_cfg.runtime.output_dir, group=group)
     except RUN_ERRORS as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":

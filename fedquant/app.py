@@ -28,6 +28,7 @@ from .experiment.specs import (
     round_schedule,
     server_evaluator,
     training_plan,
+    untested_training_settings,
     weight_average,
 )
 from .experiment.workspace import build_quantized_model, federated_data, select_device
@@ -101,6 +102,10 @@ class Experiment:
         self.fed = _load_federated_data(data_spec)
         self.plan = training_plan(cfg)
         self.settings = evaluation_settings(cfg)
+        if untested := untested_training_settings(cfg):
+            print(f"note: clients train at {', '.join(map(setting_name, untested))}, which the server never tests; "
+                  f"add {'it' if len(untested) == 1 else 'them'} to eval.settings to see how the model does there",
+                  flush=True)
         model = build_quantized_model(model_spec, self.fed.data, seed=cfg["seed"])
         self.evaluator = server_evaluator(cfg, self.fed, self.settings, select_device(sim["device"]))
         self.history = RunHistory.from_checkpoint(self.resumed) if self.resumed else RunHistory()

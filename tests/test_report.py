@@ -4,6 +4,7 @@ fixture sweeps with known numbers, the plots' axes, and the report on a real mul
 import csv
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -172,7 +173,8 @@ def test_report_sections_in_order_with_exact_cells(sweep, capsys):
     assert positions == sorted(positions)
     assert ("All 7 runs: first and last layers at 8 bits, the others at the evaluated bit-width; "
             "BatchNorm: no BatchNorm in the model; weight ranges: max; activation ranges: minmax; "
-            "PTQ: basic; calibration samples: 256; validation samples: 200.") in md
+            "PTQ: basic; biases: float (evaluated before eval.integer_bias); calibration samples: 256; "
+            "validation samples: 200.") in md
     assert "mean of its last 3 evaluations" in md and "Fewer than" not in md
     assert "choices are made on this table; test is only reported" in md
 
@@ -347,13 +349,20 @@ def test_report_on_a_real_multirun(tmp_path):
 
     # the final models again from their checkpoints: the run's own options give the run's numbers
     same, mse = tmp_path / "same", tmp_path / "mse"
-    for out, act_range in ((same, "minmax"), (mse, "mse")):
+    printed = {}
+    for out, act_range, last in ((same, "minmax", "5"), (mse, "mse", "1")):
         proc = subprocess.run([sys.executable, "-m", "fedquant.reevaluate", str(sweep), "--out", str(out),
-                               "--act-range", act_range], capture_output=True, text=True, cwd=ROOT, timeout=300)
+                               "--act-range", act_range, "--last", last], capture_output=True, text=True, cwd=ROOT,
+                              timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
+        printed[out] = proc.stdout
+    assert "note: --last 5 asked for 5 checkpoints, the run has 1" in printed[same]  # said, not silent
+    assert re.search(r"final model: fp \d+\.\d\d", printed[same]) and re.search(r"final model: fp", printed[mse])
     for job in sweep.glob("*/results.json"):
         original = json.loads(job.read_text())
-        assert json.loads((same / job.parent.name / "results.json").read_text())["final"] == original["final"]
+        redone = json.loads((same / job.parent.name / "results.json").read_text())
+        assert redone["final"] == original["final"]
+        assert redone["training_wall_time_s"] == original["wall_time_s"] != redone["wall_time_s"]
         again = json.loads((mse / job.parent.name / "results.json").read_text())
         assert again["reevaluated"]["act_range"] == "mse" and again["final"]["fp"] == original["final"]["fp"]
     report = subprocess.run([sys.executable, "-m", "fedquant.report", str(mse)], capture_output=True, text=True,

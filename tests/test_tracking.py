@@ -73,3 +73,17 @@ def test_wandb_run_is_finished_with_failure_when_the_run_fails(tmp_path):
     records = read_records(next((tmp_path / "wandb").glob("offline-run-*/run-*.wandb")))
     exits = [r.exit for r in records if r.WhichOneof("record_type") == "exit"]
     assert len(exits) == 1 and exits[0].exit_code == 1
+
+
+def test_the_console_states_the_protocol_in_one_readable_line():
+    import torch
+
+    from fedquant.learning.evaluation import EvalProtocol
+    from fedquant.quant import QuantConfig, quantize_model
+    from fedquant.tracking.console import protocol_line
+
+    model = quantize_model(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)),
+                           QuantConfig(None, None, pin_first_last=True))
+    line = protocol_line(EvalProtocol().describe(model, 256, 128))
+    assert "BatchNorm: no BatchNorm in the model;" in line and "biases int32 on s_x s_w" in line
+    assert line.startswith("protocol: first/last layers at 8 bits;") and "\n" not in line

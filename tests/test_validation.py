@@ -175,3 +175,24 @@ def test_overrides_of_a_finished_run_go_through_the_same_checks():
         with_overrides(cfg, {"eval.ptq": "gptq"}, server_options())
     with pytest.raises(ConfigError, match=r"^eval.ptqq is not a config key"):
         with_overrides(cfg, {"eval.ptqq": "adaround"}, server_options())
+
+
+@pytest.mark.parametrize(("override", "group"), [("dataset.name=fmnist", "dataset"), ("strategy.name=fedavg", "strategy"),
+                                                 ("model.name=cnn", "model"), ("partition.name=iid", "partition")])
+def test_a_group_name_changed_without_its_group_says_which_to_use(override, group):
+    """`dataset.name=fmnist` alone would keep the digits model, lr and hold-out: one line naming
+    `dataset=fmnist` instead (the CLI prints it and exits 2)."""
+    name = override.split("=")[1]
+    with pytest.raises(ConfigError, match=rf"^{group}.name={name} keeps the settings of {group}=\w+ .*use {group}={name} instead$"):
+        make_config(override)
+    assert make_config(f"{group}={name}")[group]["name"] == name
+
+
+def test_settings_clients_train_at_but_nobody_tests_are_named():
+    from fedquant.experiment.specs import untested_training_settings
+
+    assert untested_training_settings(make_config("strategy.bits=[5,8,fp]")) == [(5, 5)]
+    assert untested_training_settings(make_config()) == []
+    assert untested_training_settings(make_config("strategy=fedavg", "eval.settings=[fp]")) == []
+    profiles = "strategy.profiles=[{name: a, share: 1.0, bits: [5]}]"  # a profile's settings are tested
+    assert untested_training_settings(make_config("strategy.bits=[5,8]", "eval.settings=[fp]", profiles)) == [(8, 8)]

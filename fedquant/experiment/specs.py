@@ -76,6 +76,15 @@ def evaluation_settings(cfg: Mapping, names=None, key: str = "eval.settings") ->
     return with_profile_settings(settings, [p for p in profiles_from_config(cfg["strategy"]["profiles"]) if p.width == 1])
 
 
+def untested_training_settings(cfg: Mapping) -> list[Setting]:
+    """The quantized settings QAFedAvg clients train at that the server never tests (neither in
+    ``eval.settings`` nor a device profile's): worth a warning, since nobody sees how they do."""
+    if cfg["strategy"]["name"] != "qafedavg":
+        return []
+    tested = evaluation_settings(cfg)
+    return [s for s in parse_settings(cfg["strategy"]["bits"], "strategy.bits") if s != FLOAT and s not in tested]
+
+
 def eval_protocol(cfg: Mapping) -> EvalProtocol:
     """The protocol keys of the checked ``eval`` section (the fields :class:`EvalProtocol` and the
     schema's ``eval`` section share, taken by name)."""

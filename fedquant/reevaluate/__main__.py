@@ -23,7 +23,7 @@ from pathlib import Path
 from ..learning.evaluation import PTQ_METHODS
 from ..quant.config import ACT_RANGES, WEIGHT_RANGES
 from ..runtime.checkpoint import CheckpointError
-from .jobs import reevaluate_job
+from .jobs import mean_of_rounds, reevaluate_job
 
 DESCRIPTION = ("Test a sweep's final models again with other server-side evaluation options (weight and "
                "activation ranges, PTQ method, BatchNorm rule), without retraining; optionally measure how "
@@ -77,12 +77,17 @@ def main(argv: list[str] | None = None) -> None:
         except (CheckpointError, ValueError) as err:
             print(f"error: {job.name}: {err}", file=sys.stderr)
             continue
-        line = " ".join(f"{k} {100 * v:.2f}" for k, v in new["final"].items())
+        kept = len(new["rounds"])
+        if kept < args.last:
+            print(f"[{i}/{len(jobs)}] {job.name}: note: --last {args.last} asked for {args.last} checkpoints, the run "
+                  f"has {kept} (its num_rounds, checkpoint.every and checkpoint.keep): the figure is the mean of {kept}")
+        label = "final model" if kept == 1 else f"mean of the last {kept} evaluations"
+        line = f"{label}: " + " ".join(f"{k} {100 * v:.2f}" for k, v in mean_of_rounds(new).items())
         if "calibration_draws" in new:
             line += " | calibration draws: " + " ".join(f"{k} ±{100 * v['std']:.2f}"
                                                         for k, v in new["calibration_draws"].items())
         print(f"[{i}/{len(jobs)}] {job.name}: {line}", flush=True)
-    print(f"re-evaluated jobs in {args.out}; tables: python -m fedquant.report {args.out}")
+    print(f"re-evaluated jobs in {args.out}; tables: python -m fedquant.report {args.out} --last {args.last}")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ def protocol_sentence(protocol: dict | None) -> str:
         layers = "every layer at the evaluated bit-width"
     return (f"{layers}; BatchNorm: {get('batchnorm').rstrip('.')}; "
             f"weight ranges: {get('weight_range')}; activation ranges: {get('act_range')}; "
-            f"PTQ: {get('ptq')}; calibration samples: {get('calibration_samples')}; "
+            f"PTQ: {get('ptq')}; biases: {protocol.get('bias', 'float (evaluated before eval.integer_bias)')}; "
+            f"calibration samples: {get('calibration_samples')}; "
             f"validation samples: {get('validation_samples')}.")
 
 

@@ -64,6 +64,7 @@ def protocol_line(protocol: dict) -> str:
     """One line stating how the server evaluated (results.json ``protocol``)."""
     first_last = (f"first/last layers at {protocol['first_last_bits']} bits" if protocol["first_last_bits"]
                   else "every layer at the setting's bits")
-    return (f"protocol: {first_last}; BatchNorm {protocol['batchnorm']}; weight ranges {protocol['weight_range']}, "
-            f"activation ranges {protocol['act_range']}; PTQ {protocol['ptq']}; "
+    bias = f"; biases {protocol['bias']}" if "bias" in protocol else ""
+    return (f"protocol: {first_last}; BatchNorm: {protocol['batchnorm']}; weight ranges {protocol['weight_range']}, "
+            f"activation ranges {protocol['act_range']}; PTQ {protocol['ptq']}{bias}; "
             f"{protocol['calibration_samples']} calibration / {protocol['validation_samples']} validation images")
