@@ -8,8 +8,17 @@ import json
 from pathlib import Path
 
 from .runs import Methods
-from .stats import mean_std
+from .stats import Summary, mean_std
 from .summary import Pairs, Table, curves, evaluations_used, shown_settings
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def cell(s: Summary) -> str:
+    """``mean ± std`` in %; one run has no spread, so its cell is the value alone."""
+    return f"{100 * s.mean:.2f}" if s.n == 1 else f"{100 * s.mean:.2f} ± {100 * s.std:.2f}"
 
 
 def protocol_sentence(protocol: dict | None) -> str:
@@ -41,11 +50,12 @@ def protocol_markdown(methods: Methods) -> str:
     distinct = {p for ps in per_method.values() for p in ps}
     if len(distinct) == 1:
         runs = sum(len(ps) for ps in per_method.values())
-        return f"All {runs} runs: {protocol_sentence(json.loads(distinct.pop()))}\n"
+        lead = "The one run" if runs == 1 else f"All {runs} runs"
+        return f"{lead}: {protocol_sentence(json.loads(distinct.pop()))}\n"
     lines = ["Protocols differ between runs:", ""]
     for method, protocols in per_method.items():
         for p in dict.fromkeys(protocols):
-            lines.append(f"- `{method}` ({protocols.count(p)} runs): "
+            lines.append(f"- `{method}` ({plural(protocols.count(p), 'run')}): "
                          + protocol_sentence(json.loads(p)))
     return "\n".join(lines) + "\n"
 
@@ -63,7 +73,7 @@ def figure_rule(last: int, used: dict[str, list[dict[str, int]]]) -> str:
         if short:
             lo, hi = min(short), max(short)
             counts = f"{lo}" if lo == hi else f"{lo}-{hi}"
-            notes.append(f"`{method}`: {len(short)} of {len(runs)} runs "
+            notes.append(f"`{method}`: {len(short)} of {plural(len(runs), 'run')} "
                          f"({counts} evaluation{'s' if hi > 1 else ''})")
     if notes:
         text += (f"\nFewer than {last} evaluations (the figure averages those the run has): "
@@ -77,8 +87,7 @@ def to_markdown(table: Table, settings: list[str]) -> str:
              "|---|---|" + "---|" * len(settings)]
     for method, cells in table.items():
         n = max(c.n for c in cells.values())
-        row = [f"{100 * cells[s].mean:.2f} ± {100 * cells[s].std:.2f}" if s in cells else ""
-               for s in settings]
+        row = [cell(cells[s]) if s in cells else "" for s in settings]
         lines.append(f"| {method} | {n} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
@@ -118,8 +127,7 @@ def profiles_markdown(methods: Methods) -> str:
                     cells.setdefault((profile, setting), []).append(acc)
         for (profile, setting), values in cells.items():
             s = mean_std(values)
-            lines.append(f"| {method} | {profile} | {setting} | "
-                         f"{100 * s.mean:.2f} ± {100 * s.std:.2f} |")
+            lines.append(f"| {method} | {profile} | {setting} | {cell(s)} |")
     if not lines:
         return ""
     return ("\n## Per device profile (final test accuracy)\n\n"
@@ -146,6 +154,8 @@ def wall_time_line(methods: Methods) -> str:
     times = [r["wall_time_s"] for runs in methods.values() for r in runs if "wall_time_s" in r]
     if not times:
         return ""
+    if len(times) == 1:
+        return f"\n1 job; its wall time was {times[0] / 60:.1f} min.\n"
     return (f"\n{len(times)} jobs; their wall times sum to {sum(times) / 60:.1f} min "
             f"({min(times):.0f}-{max(times):.0f} s per job).\n")
 
