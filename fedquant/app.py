@@ -90,7 +90,7 @@ class Experiment:
 
     def __init__(self, cfg: Mapping, output_dir: str | Path, group: str | None = None,
                  runs_root: Path | None = None) -> None:
-        started = time.perf_counter()
+        started = self._started = time.perf_counter()
         check_config(cfg)
         strat, sim = cfg["strategy"], cfg["simulation"]
         if sim["retain_freed_memory"]:
@@ -137,6 +137,7 @@ class Experiment:
                          **self.history.checkpoint_payload(), "average": self.averaging.state_dict(),
                          "initialized_from": self.initialized[1] if self.initialized
                          else (self.resumed or {}).get("initialized_from"),
+                         "wall_time_s": self._earlier_wall_time() + time.perf_counter() - self._started,
                          "config": self.cfg},
                         keep=self.cfg["checkpoint"]["keep"])
 
@@ -160,8 +161,14 @@ class Experiment:
                             num_rounds=self.cfg["num_rounds"] - self.offset,
                             train_config=ConfigRecord(train_record(self.cfg["client"], self.cfg["dataset"]["augment"])), evaluate_fn=evaluate_fn)
 
+    def _earlier_wall_time(self) -> float:
+        """Seconds the run took before the checkpoint it resumed from (0 for a fresh run)."""
+        return float((self.resumed or {}).get("wall_time_s") or 0.0)
+
     def finish(self, wall_time: float) -> dict:
-        """results.json, metrics.csv, the plots and the final table; returns the results."""
+        """results.json, metrics.csv, the plots and the final table; returns the results.
+        ``wall_time`` is this process's; a resumed run adds the time before its checkpoint."""
+        wall_time += self._earlier_wall_time()
         fed, results = self.fed, self.history.results(self.cfg, self.plan.profiles, self.evaluator.model_bytes(),
                                                       wall_time, self.evaluator.describe())
         results["partition"] = {"sizes": [len(c) for c in fed.clients], "calibration": len(fed.calibration),

@@ -79,6 +79,7 @@ def test_recipes_train_as_scheduled_and_resume_exactly(tmp_path):
     extended = run_experiment_inprocess(make_config(*COMMON, "num_rounds=4", f"resume_from={tmp_path / 'short'}"),
                                         tmp_path / "extended")
     assert extended["final"] == longer["final"]
+    assert extended["wall_time_s"] > 0  # the in-process run's own time is 0: the rounds before the resume count
     assert [strip_seconds(r) for r in extended["rounds"]] == [strip_seconds(r) for r in longer["rounds"]]
     a, b = (load_checkpoint(tmp_path / run / "checkpoint_r00004.pt")["arrays"] for run in ("longer", "extended"))
     assert all(torch.equal(a[k], b[k]) for k in a)
