@@ -87,3 +87,15 @@ def test_the_console_states_the_protocol_in_one_readable_line():
     line = protocol_line(EvalProtocol().describe(model, 256, 128))
     assert "BatchNorm: no BatchNorm in the model;" in line and "biases int32 on s_x s_w" in line
     assert line.startswith("protocol: first/last layers at 8 bits;") and "\n" not in line
+
+
+def test_the_end_of_a_run_says_what_it_wrote_in_percent(tmp_path):
+    from fedquant.tracking.console import summary_lines
+
+    rounds = [{"round": 0, "eval": {"fp": {"accuracy": 0.1}}}, {"round": 1, "train": {}},
+              {"round": 2, "eval": {"fp": {"accuracy": 0.94444}, "w4a4": {"accuracy": 0.9}}}]
+    text = summary_lines(rounds, ["fp", "w4a4"], 12.34, str(tmp_path))
+    first, second = text.splitlines()
+    assert first == "final test accuracy (%, round 2): fp 94.44 w4a4 90.00"
+    assert second.startswith(f"wall time 12.3 s; written to {tmp_path}: results.json")
+    assert all(name in second for name in ("metrics.csv", "*.png", "checkpoint_r*.pt"))

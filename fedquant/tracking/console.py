@@ -40,24 +40,35 @@ class ConsoleReporter:
             if failures:
                 line += f"  [red]{failures} client failure(s)[/]"
         if accuracies:
-            line += "  " + " ".join(f"{k} {v:.3f}" for k, v in accuracies.items())
+            line += "  " + " ".join(f"{k} {100 * v:.1f}" for k, v in accuracies.items())
         self.console.print(line, soft_wrap=True)
 
     def final_table(self, rounds: list[dict], settings: list[str], per_profile: dict, wall_time: float,
                     output_dir: str, protocol: dict | None = None) -> None:
-        table = Table(title="Test accuracy of the global model per evaluation setting")
+        table = Table(title="Test accuracy (%) of the global model per evaluation setting")
         table.add_column("round", justify="right")
         for s in settings:
             table.add_column(s, justify="right")
         for r in rounds:
             if "eval" in r:
-                table.add_row(str(r["round"]), *(f"{r['eval'][s]['accuracy']:.4f}" for s in settings))
+                table.add_row(str(r["round"]), *(f"{100 * r['eval'][s]['accuracy']:.2f}" for s in settings))
         self.console.print(table)
         for name, accs in per_profile.items():
-            self.console.print(f"profile {name}: " + "  ".join(f"{k} {v:.4f}" for k, v in accs.items()))
+            self.console.print(f"profile {name} (%): " + "  ".join(f"{k} {100 * v:.2f}" for k, v in accs.items()))
         if protocol:
             self.console.print(protocol_line(protocol))
-        self.console.print(f"wall time {wall_time:.1f} s; results in {output_dir}/results.json")
+        self.console.print(summary_lines(rounds, settings, wall_time, output_dir), soft_wrap=True)
+
+
+def summary_lines(rounds: list[dict], settings: list[str], wall_time: float, output_dir: str) -> str:
+    """The end of a run: the last evaluation in one line, and what was written where."""
+    last = next((r for r in reversed(rounds) if "eval" in r), None)
+    final = ("final test accuracy (%, round " + str(last["round"]) + "): "
+             + " ".join(f"{s} {100 * last['eval'][s]['accuracy']:.2f}" for s in settings if s in last["eval"])
+             if last else "no evaluation")
+    return (f"{final}\nwall time {wall_time:.1f} s; written to {output_dir}: results.json (every number and the "
+            "protocol), metrics.csv (per round), *.png (plots), checkpoint_r*.pt (resume_from=<this folder>, "
+            "python -m fedquant.export / .reevaluate)")
 
 
 def protocol_line(protocol: dict) -> str:
