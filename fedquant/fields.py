@@ -38,10 +38,11 @@ def key(default: Any = REQUIRED, doc: str = "", *, choices: Sequence[str] | None
 def _number_rule(kind: str, meta: Mapping) -> str:
     lo = f"> {meta['gt']}" if meta["gt"] is not None else f">= {meta['ge']}" if meta["ge"] is not None else None
     hi = f"< {meta['lt']}" if meta["lt"] is not None else f"<= {meta['le']}" if meta["le"] is not None else None
+    noun = "an integer" if kind == "integer" else "a number"
     if kind == "integer" and meta["ge"] is not None and meta["le"] is not None:
-        return f"an integer in {meta['ge']}..{meta['le']}"
-    return f"{'an integer' if kind == 'integer' else 'a number'} " + " and ".join(r for r in (lo, hi) if r) \
-        if lo or hi else ("an integer" if kind == "integer" else "a number")
+        return f"{noun} in {meta['ge']}..{meta['le']}"
+    bounds = " and ".join(r for r in (lo, hi) if r)
+    return f"{noun} {bounds}" if bounds else noun
 
 
 def _in_bounds(value: float, meta: Mapping) -> bool:

@@ -26,7 +26,7 @@ def get(cfg: Mapping, dotted: str) -> Any:
     return node
 
 
-def _unknown(name: str, section: Mapping, known: Collection[str], prefix: str) -> ConfigError:
+def _unknown(name: str, known: Collection[str], prefix: str) -> ConfigError:
     close = difflib.get_close_matches(name, list(known), n=1)
     hint = f"did you mean {prefix}{close[0]}? " if close else ""
     return ConfigError(f"{prefix}{name} is not a config key: {hint}allowed under "
@@ -59,7 +59,7 @@ def check_section(section: Any, cls: type, prefix: str = "", elsewhere: Collecti
     known = {f.name for f in fields} | set(elsewhere)
     for k in section:
         if k not in known:
-            raise _unknown(k, section, known, prefix)
+            raise _unknown(k, known, prefix)
 
 
 def _missing(name: str, f: dataclasses.Field) -> str:
@@ -74,7 +74,7 @@ def _missing(name: str, f: dataclasses.Field) -> str:
 def _check_variant(cfg: Mapping, section: str) -> None:
     """A section whose keys depend on its ``name`` (the config group's option)."""
     name_key, names, variants = schema.VARIANTS[section]
-    node = cfg[section]
+    node = cfg.get(section)
     if not isinstance(node, Mapping) or node.get(name_key, REQUIRED) == REQUIRED:
         raise ConfigError(f"{section}.{name_key} is missing: choose one with {section}=<option> (see conf/{section}/)")
     if node[name_key] not in names:
@@ -86,7 +86,5 @@ def check_keys(cfg: Mapping) -> None:
     """Every key of the schema present and valid, no unknown key."""
     check_section(cfg, schema.ExperimentConfig, elsewhere=("partition", "quantization", "logger"))
     for section in schema.VARIANTS:
-        if section not in cfg:
-            raise ConfigError(f"{section} is missing: choose one with {section}=<option> (see conf/{section}/)")
         _check_variant(cfg, section)
     check_section(cfg.get("quantization", REQUIRED), QuantConfig, "quantization.", excluded=schema.RUN_TIME_BITS)
