@@ -24,6 +24,8 @@ from fedquant.models.state import float_state, load_float_state
 from fedquant.models.width import extract
 from fedquant.runtime.allocator import retain_freed_memory
 
+from .links import compressed, received_state, reply_arrays
+
 
 class InjectedFailure(RuntimeError):
     """Raised on purpose when the server asks for a simulated client fault."""
@@ -38,6 +40,7 @@ class ClientSetup:
     threads: int = 1
     device: str = "auto"
     retain_freed_memory: bool = True  # see fedquant.runtime.allocator
+    state_dir: str | None = None  # client-private state (the error-feedback residuals), one folder per client
 
 
 @functools.lru_cache(maxsize=4)
@@ -83,6 +86,9 @@ def handle_train(setup: ClientSetup, msg: Message, node_index: int = -1, own_par
     model = _model(setup, width)
     device = next(model.parameters()).device
     state = msg.content.array_records[P.ARRAYS].to_torch_state_dict()
+    links = compressed(cfg)
+    if links:  # the broadcast on the downlink grid
+        state = received_state(state, cfg, float_state(_model(setup)))
     if width < 1:  # HeteroFL: the first ceil(width * C) channels of every hidden layer
         state = extract(state, float_state(model))
     load_float_state(model, state)
@@ -96,9 +102,11 @@ def handle_train(setup: ClientSetup, msg: Message, node_index: int = -1, own_par
                              device, frozen=frozen)
     except Exception as err:
         raise RuntimeError(f"client {client}: {type(err).__name__}: {err}") from err
-    state = {k: v.cpu() for k, v in float_state(model).items()}
+    received, state = state, {k: v.cpu() for k, v in float_state(model).items()}
     if cfg.get(P.INJECT_NAN, False):
         state = {k: torch.full_like(v, float("nan")) for k, v in state.items()}
+    if links:
+        state = reply_arrays(state, received, cfg, client, setup.state_dir)
     metrics = MetricRecord({P.NUM_EXAMPLES: result.num_examples, P.TRAIN_LOSS: result.loss,
                             P.PARTITION: client, P.BITS_HIST: P.encode_bits(result.bits_used),
                             P.TRAIN_SECONDS: time.perf_counter() - start,

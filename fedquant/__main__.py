@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedquant.data import DatasetError
 from fedquant.experiment.config import ConfigError
-from fedquant.hydra_conf import CONFIG_DIR, check_group_choices
+from fedquant.hydra_conf import CONFIG_DIR, check_group_choices, check_override_keys
 from fedquant.runtime.checkpoint import CheckpointError, list_checkpoints
 from fedquant.runtime.simulation import RayUnreachable
 from fedquant.tracking.wandb_logger import WandbSetupError
@@ -39,17 +39,16 @@ def remove_if_empty(run_dir: Path) -> bool:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def _hydra_main(cfg: DictConfig) -> float | None:
+def _hydra_main(cfg: DictConfig) -> None:
     from fedquant.app import run_experiment
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     container = OmegaConf.to_container(cfg, resolve=True)
-    metric = container.pop("optimized_metric", None)  # set by conf/hparams_search/*
     group = Path(hydra_cfg.sweep.dir).name if multirun else None
     try:
         check_group_choices(container, hydra_cfg.runtime.choices)
-        results = run_experiment(container, hydra_cfg.runtime.output_dir, group=group)
+        run_experiment(container, hydra_cfg.runtime.output_dir, group=group)
     except RUN_ERRORS as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -71,11 +70,16 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         print(f"error: sweep job {job} ({' '.join(hydra_cfg.overrides.task)}) failed: "
               f"{type(err).__name__}: {err}; traceback in {log}", file=sys.stderr)
         return None
-    # a search chooses on validation numbers, never on test (conf/hparams_search/*)
-    return results["final_validation"][metric] if metric else None
 
 
 def main() -> None:
+    try:
+        check_override_keys(sys.argv[1:])
+    except ConfigError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     _hydra_main()
 
 

@@ -7,6 +7,8 @@ that knows Flower's apps, Ray and W&B together.
 
 from __future__ import annotations
 
+import functools
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,7 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from clients import ClientSetup, make_client_app
-from strategies import build_strategy, discover_partitions, server_options
+from strategies import Links, build_strategy, discover_partitions, server_options
 
 from .data import DatasetError
 from .experiment.config import ConfigError, validate
@@ -33,7 +35,9 @@ from .experiment.specs import (
 )
 from .experiment.workspace import build_quantized_model, federated_data, select_device
 from .federation.bitwidths import setting_name
+from .federation.compression import Codec
 from .federation.protocol import train_record
+from .federation.uplink import Uplink
 from .models.state import float_state
 from .runtime.allocator import retain_freed_memory
 from .runtime.checkpoint import save_checkpoint
@@ -70,12 +74,40 @@ def _make_logger(cfg: Mapping, output_dir: Path, group: str | None):
                        entity=log["entity"], tags=list(log["tags"] or []))
 
 
-def client_setup(cfg: Mapping) -> ClientSetup:
-    """What every ClientApp process rebuilds the experiment from (picklable)."""
+def client_setup(cfg: Mapping, output_dir: str | Path | None = None) -> ClientSetup:
+    """What every ClientApp process rebuilds the experiment from (picklable). With uplink error
+    feedback each client keeps its residuals in ``<output_dir>/client_state/<client>/``: in
+    simulation the devices' private storage lives beside the run (the server never reads it)."""
     data_spec, model_spec = experiment_specs(cfg)
     sim = cfg["simulation"]
+    state_dir = str(Path(output_dir) / CLIENT_STATE) if output_dir is not None and cfg["uplink"]["error_feedback"] \
+        else None
     return ClientSetup(data_spec, model_spec, threads=max(1, int(sim["num_cpus_per_client"])), device=sim["device"],
-                       retain_freed_memory=sim["retain_freed_memory"])
+                       retain_freed_memory=sim["retain_freed_memory"], state_dir=state_dir)
+
+
+CLIENT_STATE = "client_state"
+
+
+def carry_client_state(resumed_dir: Path, output_dir: Path) -> None:
+    """A run resumed into another folder takes its simulated clients' private state along (the
+    residuals of :class:`fedquant.federation.uplink.ResidualStore`), as devices keep theirs."""
+    source, target = resumed_dir / CLIENT_STATE, output_dir / CLIENT_STATE
+    if source.is_dir() and source.resolve() != target.resolve():
+        shutil.copytree(source, target, dirs_exist_ok=True)
+
+
+def links(cfg: Mapping, model_spec, data) -> Links:
+    """The run's uplink and downlink (``uplink.*``, ``downlink.*``); with width profiles, the
+    sub-models' templates the server decodes compressed replies with."""
+
+    @functools.lru_cache(maxsize=8)
+    def template(width: float) -> dict:
+        return float_state(build_quantized_model(model_spec, data, width=width))
+
+    down = cfg["downlink"]
+    return Links(Uplink.from_config(cfg["uplink"]), Codec(down["bits"], "nearest", down["granularity"]),
+                 templates=template, checkpoint_every=cfg["checkpoint"]["every"])
 
 
 class Experiment:
@@ -109,21 +141,23 @@ class Experiment:
         model = build_quantized_model(model_spec, self.fed.data, seed=cfg["seed"])
         self.evaluator = server_evaluator(cfg, self.fed, self.settings, select_device(sim["device"]))
         self.history = RunHistory.from_checkpoint(self.resumed) if self.resumed else RunHistory()
+        self.reporter = ConsoleReporter(cfg["num_rounds"], quiet=cfg["quiet"])
         self.strategy = build_strategy(strat["server"], self.plan, min_replies=strat["min_replies"],
                                        on_too_few=strat["on_too_few_replies"], max_retries=strat["max_retries"],
                                        client_work=[len(c) for c in self.fed.clients],
-                                       on_report=self.history.record_train, **strat["server_options"])
+                                       on_report=self.history.record_train, on_replies=self.reporter.clients,
+                                       links=links(cfg, model_spec, self.fed.data), **strat["server_options"])
         self.offset, self.initial_state = 0, float_state(model)
         self.initialized = None if self.resumed else load_init(cfg, self.initial_state)
         if self.initialized:
             self.initial_state, source = self.initialized
             print(f"starting from {source['checkpoint']} (round {source['round']} of a {source['strategy']} run)")
         if self.resumed:
+            carry_client_state(Path(self.resumed["path"]).parent, self.output_dir)
             self.offset, self.initial_state = self.resumed["round"], self.resumed["arrays"]
             self.strategy.resume_at(self.offset, self.resumed["server_state"])
             print(f"resuming {self.resumed['path']} after round {self.offset}")
         self.logger = _make_logger(cfg, self.output_dir, group)
-        self.reporter = ConsoleReporter(cfg["num_rounds"], quiet=cfg["quiet"])
         self.averaging = weight_average(cfg, self.resumed)
         self.after_round = AfterRound(self.history, self.evaluator, round_schedule(cfg), self.reporter, self.plan.profiles,
                                       self._save, self.logger, resumed_round=self.offset if self.resumed else None,
@@ -186,7 +220,8 @@ class Experiment:
         return results
 
     def close(self) -> None:
-        """End W&B logging (as failed unless :meth:`finish` ran)."""
+        """End the progress display and W&B logging (as failed unless :meth:`finish` ran)."""
+        self.reporter.close()
         if self.logger is not None:
             self.logger.finish(self.results, self._plots, failed=self.results is None)
 
@@ -206,7 +241,7 @@ def run_experiment(cfg: Mapping, output_dir: str | Path, group: str | None = Non
     sim = cfg["simulation"]
     start = time.perf_counter()
     try:
-        run_flower_simulation(server_app, make_client_app(client_setup(cfg)), cfg["clients_per_round"],
+        run_flower_simulation(server_app, make_client_app(client_setup(cfg, output_dir)), cfg["clients_per_round"],
                               num_cpus_per_client=sim["num_cpus_per_client"],
                               num_gpus_per_client=sim["num_gpus_per_client"],
                               ray_address=sim["ray_address"], ray_timeout_s=sim["ray_timeout_s"],

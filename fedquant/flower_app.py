@@ -22,8 +22,11 @@ needed.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import os
 import shlex
+import subprocess
 import time
 from collections.abc import Mapping
 from datetime import datetime
@@ -34,10 +37,14 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from clients import handle_query, handle_train, node_partition
+from fedquant.federation import protocol as P
 
 from .app import Experiment, client_setup
 from .hydra_conf import compose_config as compose_overrides
-from .runtime.simulation import quiet_flower_logs
+from .runtime.simulation import hide_ray_gpu_notice, quiet_flower_logs
+
+# flwr run's simulation loads the ClientApp (this module) before it starts Ray.
+hide_ray_gpu_notice()
 
 RUN_CONFIG_KEYS = ("experiment", "overrides", "num-server-rounds", "seed", "output-dir", "data-placement")
 PLACEMENTS = ("server", "node")
@@ -73,6 +80,38 @@ def output_dir(run_config: Mapping, run_id: int) -> Path:
     return base / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_run{run_id}"
 
 
+def _parent_and_command(pid: int) -> tuple[int, str] | None:
+    """A process's parent pid and command line (Linux: /proc; elsewhere ``ps``), None if unknown."""
+    try:
+        proc = Path(f"/proc/{pid}")
+        if proc.is_dir():
+            ppid = int((proc / "stat").read_text().rpartition(")")[2].split()[1])
+            return ppid, (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        out = subprocess.run(["ps", "-o", "ppid=", "-o", "command=", "-p", str(pid)], capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        ppid, _, command = out.partition(" ")
+        return int(ppid), command
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return None
+
+
+def superlink_pid(pid: int | None = None, process=_parent_and_command) -> int | None:
+    """The pid of the ``flower-superlink`` this process runs under (the ServerApp is a child of
+    the SuperLink's SuperExec, in simulation and in deployment), None when there is none."""
+    pid = os.getpid() if pid is None else pid
+    for _ in range(16):
+        found = process(pid)
+        if found is None:
+            return None
+        ppid, command = found
+        if any(Path(word).name == "flower-superlink" for word in command.split()[:2]):
+            return pid
+        if ppid <= 1 or ppid == pid:
+            return None
+        pid = ppid
+    return None
+
+
 server_app = ServerApp()
 
 
@@ -89,6 +128,11 @@ def _serve(grid: Grid, context: Context) -> None:
         experiment.finish(time.perf_counter() - start)
     finally:
         experiment.close()
+        # `flwr run` leaves the SuperLink running (the local one it started, too) and Flower has no
+        # command that stops it (`flwr stop` stops a run).
+        if (link := superlink_pid()) is not None:
+            print(f"fedquant: the SuperLink keeps running after this run (pid {link}; stop it with "
+                  f"`kill {link}`)", flush=True)
 
 
 @functools.lru_cache(maxsize=4)
@@ -111,7 +155,19 @@ def _train(msg: Message, context: Context) -> Message:
     # Flower numbers a simulation's virtual nodes 0..n-1 in node_config["partition-id"]; the
     # strategy uses it only to order its messages (the data partition travels in the message).
     setup = _setup(tuple(sorted(context.run_config.items())))
+    if setup.state_dir is None and P.ERROR_FEEDBACK in msg.content.config_records[P.CONFIG]:
+        setup = dataclasses.replace(setup, state_dir=client_state_dir(context))
     return handle_train(setup, msg, int(context.node_config.get("partition-id", -1)), _own_partition(context, setup))
+
+
+def client_state_dir(context: Context) -> str:
+    """Where this node keeps its clients' private state (uplink error-feedback residuals): the
+    node's ``--node-config "state-dir=PATH"`` (keep it across runs to resume one exactly), else a
+    folder per run beside the results."""
+    if "state-dir" in context.node_config:
+        return str(Path(str(context.node_config["state-dir"])).expanduser())
+    base = Path(str(context.run_config.get("output-dir") or "~/fedquant-runs")).expanduser()
+    return str(base / f"client_state_run{context.run_id}")
 
 
 @client_app.query()

@@ -14,12 +14,27 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from .experiment.config import ConfigError
+from .experiment.keys import check_key_name
 from .experiment.schema import defaults
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+PACKAGE = Path(__file__).resolve().parent
+
+
+def config_dir(package: Path = PACKAGE) -> Path:
+    """conf/: inside the installed package (``pip install .`` ships it as ``fedquant/conf``, see
+    setup.py), else at the top of the source tree (a checkout or an editable install)."""
+    for candidate in (package / "conf", package.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"fedquant's Hydra configs are missing: no conf/config.yaml in {package} or "
+                            f"{package.parent}; reinstall fedquant (pip install .)")
+
+
+CONFIG_DIR = str(config_dir())
 
 
 def register_schema() -> None:
@@ -40,6 +55,26 @@ def check_group_choices(cfg: Mapping, choices: Mapping[str, str | None]) -> None
         if chosen is not None and name is not None and name != chosen and option.is_file():
             raise ConfigError(f"{group}.name={name} keeps the settings of {group}={chosen} (the {group} group sets "
                               f"the keys that go with its name): use {group}={name} instead")
+
+
+def check_override_keys(args: Sequence[str]) -> None:
+    """Raise ``ConfigError`` for a command-line override of a key the schema does not know
+    (``num_round=3`` -> "did you mean num_rounds?"), before Hydra's own "To append to your config
+    use +num_round=3" points the wrong way. Flags, ``+key``/``~key``, ``hydra.*``, config groups
+    and anything Hydra cannot parse are left to Hydra."""
+    groups = {path.name for path in Path(CONFIG_DIR).iterdir() if path.is_dir()}
+    candidates = [arg for arg in args if "=" in arg and not arg.startswith("-")]
+    try:
+        overrides = OverridesParser.create().parse_overrides(candidates)
+    except Exception:  # noqa: BLE001 - a malformed override: Hydra's own message says what is wrong
+        return
+    for override in overrides:
+        key = override.key_or_group
+        if override.is_add() or override.is_delete() or override.package or key.split(".")[0] in {"hydra"}:
+            continue
+        if key.split("/")[0] in groups:
+            continue
+        check_key_name(key)
 
 
 def compose_config(overrides: Sequence[str] = ()) -> dict:

@@ -20,6 +20,8 @@ done in a module of its own:
 - oscillations (:mod:`strategies.oscillation`): with ``client.freeze_threshold``, pool the
   clients' oscillation counts, freeze the weights that oscillate too often and keep them frozen
   in the aggregate (:mod:`fedquant.federation.freezing` states the design);
+- progress (:mod:`strategies.reply_progress`): with ``on_replies``, each round's replies are
+  counted as the server pulls them and reported as ``on_replies(round, done, sent)``;
 - resuming (:mod:`strategies.server_state`): :meth:`~QuantAwareMixin.resume_at` starts at a
   later round with restored server-optimizer (and freezing) state, which is what makes
   checkpoint/resume exact.
@@ -38,6 +40,7 @@ from fedquant.federation.plan import TrainingPlan
 from fedquant.federation.reports import RoundReport
 
 from .faults import stop_if_diverged
+from .links import Links, decode_replies
 from .oscillation import freeze_oscillating, pop_oscillations
 from .replies import (
     RetryPolicy,
@@ -47,11 +50,13 @@ from .replies import (
     successful_replies,
     train_metrics,
 )
+from .reply_progress import CountingGrid
 from .sending import RoundInFlight, client_messages, dispatch_order, shared_record
 from .server_state import check_server_state, export_server_state, import_server_state
 from .sub_models import fill_sub_models
 
 ReportSink = Callable[[int, RoundReport], None]
+ProgressSink = Callable[[int, int, int], None]  # on_replies(round, done, sent)
 
 
 def flower_settings() -> dict:
@@ -73,7 +78,7 @@ class QuantAwareMixin:
 
     def __init__(self, *, plan: TrainingPlan, server_name: str, min_replies: int = 1, on_too_few: str = "retry",
                  max_retries: int = 3, client_work: list[int] | None = None, on_report: ReportSink | None = None,
-                 **kwargs) -> None:
+                 on_replies: ProgressSink | None = None, links: Links | None = None, **kwargs) -> None:
         flwr_logger = logging.getLogger("flwr")
         level = flwr_logger.level
         flwr_logger.setLevel(logging.ERROR)  # silence "fraction_evaluate is 0": the server evaluates
@@ -87,6 +92,8 @@ class QuantAwareMixin:
         self.retry = RetryPolicy(min_replies, on_too_few, max_retries)
         self.client_work = client_work  # e.g. examples per client: the largest jobs are sent first
         self.on_report = on_report
+        self.on_replies = on_replies
+        self.links = links or Links()
         self.round_offset = 0
         self.node_of: dict[int, int] | None = None  # client partition -> node (deployment only)
         self.in_flight: RoundInFlight | None = None
@@ -117,6 +124,18 @@ class QuantAwareMixin:
         messages go there instead of being dealt out (see :func:`discover_partitions`)."""
         self.node_of = dict(node_of)
 
+    # -- the loop -----------------------------------------------------------------------------
+    def start(self, grid, *args, **kwargs):
+        """Flower's strategy loop; with ``on_replies`` on a grid that counts each round's replies
+        as they are pulled (:class:`~strategies.reply_progress.CountingGrid`)."""
+        if self.on_replies is not None:
+            grid = CountingGrid(grid, self._replies_pulled)
+        return super().start(grid, *args, **kwargs)
+
+    def _replies_pulled(self, done: int, sent: int) -> None:
+        if self.in_flight is not None:  # configure_train ran: the round is known
+            self.on_replies(self.in_flight.server_round, done, sent)
+
     # -- sending ------------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays, config: ConfigRecord, grid) -> Iterable[Message]:
         # Flower samples every node (fraction 1.0 of clients_per_round nodes) and applies its own
@@ -134,7 +153,7 @@ class QuantAwareMixin:
                                            self._node_index, self.client_work)
         return client_messages(job, self.plan, shared, [m.metadata.dst_node_id for m in messages], clients, attempt,
                                node_of=self.node_of, freeze=self.freeze, arrays_key=self.arrayrecord_key,
-                               config_key=self.configrecord_key)
+                               config_key=self.configrecord_key, links=self.links)
 
     # -- receiving ----------------------------------------------------------------------------
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
@@ -143,8 +162,12 @@ class QuantAwareMixin:
             self.in_flight = RoundInFlight(r, ArrayRecord(), ConfigRecord(), None)
         report = RoundReport()
         good = self.enough_replies(replies, report)
+        job = self.in_flight
+        uplink_bytes = decode_replies(good, job.received, self.plan.width, self.links, self.arrayrecord_key)
         oscillations = pop_oscillations(good)  # before Flower's check of one ArrayRecord per reply
         round_report(r, good, report, self.plan, self._node_index)
+        for c in report.clients:
+            c.uplink_bytes, c.downlink_bytes = uplink_bytes[c.partition], job.downlink_bytes.get(c.partition, 0)
         if self.plan.has_widths and good:
             fill_sub_models(good, self.in_flight.arrays, self.arrayrecord_key)
         arrays, _ = super().aggregate_train(r, good)

@@ -8,6 +8,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
 
 from fedquant.federation.plan import TrainingPlan
 
+from .links import Links
 from .quant_aware import QuantAwareMixin, flower_settings
 
 SERVERS = {"fedavg": FedAvg, "fedprox": FedProx, "fedavgm": FedAvgM, "fedadam": FedAdam}
@@ -24,7 +25,7 @@ def server_options() -> dict[str, list[str]]:
 
 def build_strategy(server: str, plan: TrainingPlan, *, min_replies: int = 1, on_too_few: str = "retry",
                    max_retries: int = 3, client_work: list[int] | None = None, on_report=None,
-                   **options) -> FedAvg:
+                   on_replies=None, links: Links | None = None, **options) -> FedAvg:
     """A ``QuantAware<Server>`` instance; ``options`` go to Flower's class (e.g. ``proximal_mu``).
 
     ``server`` and ``options`` are assumed valid (``fedquant.experiment.config.validate`` checks
@@ -32,4 +33,5 @@ def build_strategy(server: str, plan: TrainingPlan, *, min_replies: int = 1, on_
     base = SERVERS[server]
     cls = type(f"QuantAware{base.__name__}", (QuantAwareMixin, base), {})
     return cls(plan=plan, server_name=server, min_replies=min_replies, on_too_few=on_too_few,
-               max_retries=max_retries, client_work=client_work, on_report=on_report, **options)
+               max_retries=max_retries, client_work=client_work, on_report=on_report, on_replies=on_replies,
+               links=links, **options)

@@ -14,6 +14,7 @@ from fedquant.federation.freezing import FreezeState
 from fedquant.federation.plan import TrainingPlan
 
 from .flower_compat import flower_mismatch
+from .links import Links, downlink, link_config, record_bytes
 
 
 @dataclass
@@ -25,6 +26,8 @@ class RoundInFlight:
     config: ConfigRecord
     grid: object | None  # Flower's Grid; None when aggregate_train is called without one
     node_clients: dict[int, list[int]] = field(default_factory=dict)  # node id -> the clients sent to it
+    downlink_bytes: dict[int, int] = field(default_factory=dict)  # client -> the payload it was sent
+    received: dict | None = None  # the model the clients decode from the broadcast (compressed links)
 
 
 def shared_record(flower_messages: list[Message], strategy_name: str) -> RecordDict:
@@ -81,7 +84,8 @@ def frozen_masks(freeze: FreezeState | None) -> ArrayRecord | None:
 
 def client_messages(job: RoundInFlight, plan: TrainingPlan, shared: RecordDict, nodes: list[int],
                     clients: list[int], attempt: int, *, node_of: dict[int, int] | None,
-                    freeze: FreezeState | None, arrays_key: str, config_key: str) -> list[Message]:
+                    freeze: FreezeState | None, arrays_key: str, config_key: str,
+                    links: Links | None = None) -> list[Message]:
     """One training Message per client of ``clients``, in that order. Without ``node_of`` the
     clients are dealt out over ``nodes`` in turn: with as many nodes as clients per round
     (fedquant's own simulation) each node trains one client; with fewer (e.g. ``flwr run``'s
@@ -92,6 +96,11 @@ def client_messages(job: RoundInFlight, plan: TrainingPlan, shared: RecordDict, 
     job.node_clients = {}
     settings = round_settings(plan, r, freeze is not None)
     frozen = frozen_masks(freeze)
+    arrays = shared.array_records[arrays_key]
+    if links is not None and not links.off:  # the broadcast on the downlink grid, and how to reply
+        arrays, job.received = downlink(arrays, links)
+        settings = {**settings, **link_config(links, r, links.keep_from(r))}
+    sent_bytes = record_bytes(arrays, frozen)
     out = []
     for i, client in enumerate(clients):
         node = node_of[client] if node_of else nodes[i % len(nodes)]
@@ -103,9 +112,10 @@ def client_messages(job: RoundInFlight, plan: TrainingPlan, shared: RecordDict, 
             P.INJECT_FAILURE: plan.injects_failure(r, client, attempt),
             P.INJECT_NAN: plan.injects_nan(r, client),
         })
-        content = RecordDict({arrays_key: shared.array_records[arrays_key], config_key: node_config})
+        content = RecordDict({arrays_key: arrays, config_key: node_config})
         if frozen is not None:
             content[P.FROZEN] = frozen
         job.node_clients.setdefault(node, []).append(client)
+        job.downlink_bytes[client] = sent_bytes
         out.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node))
     return out

@@ -64,7 +64,7 @@ def run_experiment_inprocess(cfg, output_dir) -> dict:
 
     experiment = Experiment(cfg, output_dir)
     try:
-        experiment.serve(InProcessGrid(client_setup(cfg), cfg["clients_per_round"]))
+        experiment.serve(InProcessGrid(client_setup(cfg, output_dir), cfg["clients_per_round"]))
         return experiment.finish(0.0)
     finally:
         experiment.close()

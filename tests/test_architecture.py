@@ -40,6 +40,11 @@ def test_import_contracts_are_kept():
     ("clients/app.py", "import fedquant.export.check\n", "never import onnx, even indirectly"),
     ("fedquant/experiment/_probe.py", "import benchmarks.common\n", "never imports benchmarks"),
     ("benchmarks/studies/_probe.py", "import benchmarks.timing.ptq_cost\n", "never import each other"),
+    ("fedquant/report/_probe.py", "import optuna\n", "Only fedquant.tune imports the optional tune extra"),
+    ("fedquant/__main__.py", "import optuna.samplers\n", "Only fedquant.tune imports the optional tune extra"),
+    ("fedquant/tune/_probe.py", "import ray\n", "fedquant.tune never imports Flower, Ray or W&B"),
+    ("fedquant/tune/trial.py", "import fedquant.app\n", "fedquant.tune never imports Flower, Ray or W&B"),
+    ("fedquant/runtime/_probe.py", "import fedquant.tune.space\n", "layers"),
 ])
 def test_a_broken_rule_fails_the_check(tmp_path, module, line, contract):
     """The same contracts on a copy of the tree with one forbidden import added (appended to an

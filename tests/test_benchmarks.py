@@ -54,16 +54,23 @@ def test_client_options_cost_runs():
 
 
 def test_every_study_arm_is_a_valid_config_and_the_memory_arms_have_equal_bytes():
-    from benchmarks.studies.lowbit_study import ARMS, COMMON
+    from benchmarks.studies.study import study_arms
     from fedquant.app import check_config
     from fedquant.experiment.specs import experiment_specs
     from fedquant.experiment.workspace import build_quantized_model, federated_data
     from fedquant.learning.evaluation import model_bytes
     from tests.helpers import make_config
 
-    configs = {arm: make_config(*overrides, *COMMON) for arm, overrides in ARMS.items()}
-    for cfg in configs.values():
-        check_config(cfg)
+    studies = {"lowbit": 15, "pays": 7, "uplink": 14}
+    for study, count in studies.items():
+        arms = study_arms(study)
+        assert len(arms) == count, (study, arms)
+        for arm in arms:
+            cfg = make_config(f"+experiment={study}/{arm}")
+            check_config(cfg)
+            assert cfg["quiet"] and cfg["checkpoint"]["keep"] == 3 and cfg["eval"]["every"] == 5
+    configs = {arm: make_config(f"+experiment=lowbit/{arm}") for arm in study_arms("lowbit")}
+    assert configs["qafedavg_cosine"]["client"]["lr_schedule"] == "cosine" and configs["fedavg"]["num_rounds"] == 80
     data_spec, spec = experiment_specs(configs["fedavg"])
     data = federated_data(data_spec).data
     float_bytes = model_bytes(build_quantized_model(spec, data), (None, None))

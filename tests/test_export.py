@@ -105,9 +105,9 @@ def test_weights_and_activation_grids_are_the_simulated_ones(mlp_run):
     inits = {t.name: t for t in exported.model.graph.initializer}
     enc = exported.encodings
     layers = dict(model.named_modules())
-    expected_bits = {"1": 8, "3": 4, "5": 8}  # MLP: Flatten, Linear 1, ReLU, Linear 3, ReLU, Linear 5
+    expected_bits = {"fc1": 8, "fc3": 4, "fc5": 8}  # MLP: Flatten, Linear 1, ReLU, Linear 3, ReLU, Linear 5
     for name, bits in expected_bits.items():
-        layer = layers[name]
+        layer = layers[exported.layers[name]]  # fc3 is the Sequential's module 3
         q = numpy_helper.to_array(inits[f"{name}.weight"]).astype(np.int64)
         assert inits[f"{name}.weight"].data_type == (TensorProto.INT4 if bits == 4 else TensorProto.INT8)
         p = enc["param_encodings"][f"{name}.weight"]
@@ -121,9 +121,9 @@ def test_weights_and_activation_grids_are_the_simulated_ones(mlp_run):
         assert a["scale"] == [scale] and a["offset"] == [-int(zero_point)] and a["container"] == "uint8"
         assert (a["bitwidth"], a["qmax"], a["is_symmetric"]) == (bits, 2**bits - 1, False)
     clips = {n.name: n for n in exported.model.graph.node if n.op_type == "Clip"}
-    assert list(clips) == ["3.input_quantizer.clip"]  # only the 4-bit input needs a clip inside UINT8
-    a = next(v for v in enc["activation_encodings"].values() if v["consumers"] == ["3"])
-    clip_max = numpy_helper.to_array(inits[clips["3.input_quantizer.clip"].input[2]])
+    assert list(clips) == ["fc3.input_quantizer.clip"]  # only the 4-bit input needs a clip inside UINT8
+    a = next(v for v in enc["activation_encodings"].values() if v["consumers"] == ["fc3"])
+    clip_max = numpy_helper.to_array(inits[clips["fc3.input_quantizer.clip"].input[2]])
     assert clip_max == np.float32(15 + a["offset"][0]) * np.float32(a["scale"][0])
 
 
@@ -179,16 +179,17 @@ def test_cnn_batchnorm_folded_or_float_agrees_and_codes_match():
             h.remove()
         folded = export_model(model, data.image_shape, setting_name(setting))
         kept = export_model(model, data.image_shape, setting_name(setting), fold_batchnorm=False)
-        assert folded.folded == ["1", "5"] and kept.folded == []
+        assert folded.folded == ["bn1", "bn5"] and kept.folded == []
         assert [n.op_type for n in folded.model.graph.node].count("BatchNormalization") == 0
         assert [n.op_type for n in kept.model.graph.node].count("BatchNormalization") == 2
         bn = model[1]
         a = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().numpy()
-        s_w = kept.encodings["param_encodings"]["0.weight"]["scale"]
-        np.testing.assert_allclose(folded.encodings["param_encodings"]["0.weight"]["scale"], np.array(s_w) * a, rtol=1e-6)
+        s_w = kept.encodings["param_encodings"]["conv0.weight"]["scale"]
+        np.testing.assert_allclose(folded.encodings["param_encodings"]["conv0.weight"]["scale"], np.array(s_w) * a,
+                                   rtol=1e-6)
         for exported in (folded, kept):
             assert_close_logits(ref, logits(session(exported.to_bytes()), x), quantized=True)
-            codes = _codes(exported.model, x)
+            codes = {exported.layers[k]: v for k, v in _codes(exported.model, x).items()}  # by module name
             assert set(codes) == set(sim_codes)
             for name, code in codes.items():
                 diff = np.abs(code - sim_codes[name].reshape(code.shape))
@@ -203,7 +204,7 @@ def test_negative_batchnorm_scale_keeps_that_batchnorm_in_float():
     evaluator = evaluator_for(cfg, ["w4a4"])
     model = evaluator.deploy(state, (4, 4)).eval()
     exported = export_model(model, evaluator.data.image_shape, "w4a4")
-    assert exported.folded == ["5"] and "kept as float" in exported.encodings["batchnorm"]["1"]
+    assert exported.folded == ["bn5"] and "kept as float" in exported.encodings["batchnorm"]["bn1"]
     x = evaluator.data.normalize(evaluator.data.test_x[:64])
     with torch.inference_mode():
         ref = model(x).numpy()
@@ -280,10 +281,10 @@ def test_cli_default_writes_eval_settings_and_profile_folders(mlp_run, tmp_path,
     assert not list(out.rglob(".*"))  # no temporary files left
     assert (out / "mcu" / "w4a4.onnx").read_bytes() == (out / "w4a4.onnx").read_bytes()
     doc = json.loads((out / "w2a2.encodings.json").read_text())
-    assert doc["setting"] == "w2a2" and doc["param_encodings"]["3.weight"]["container"] == "int4"
+    assert doc["setting"] == "w2a2" and doc["param_encodings"]["fc3.weight"]["container"] == "int4"
     printed = capsys.readouterr().out
-    assert re.search(r"^\s+w4a4\s+[\d,]+ bytes on disk\s+model_bytes\s+[\d,]+\s+max \|logit diff\| \d\.\d\de[-+]\d\d$",
-                     printed, re.M)
+    assert re.search(r"^\s+w4a4\s+[\d,]+ bytes on disk\s+model_bytes\s+[\d,]+\s+max \|logit diff\| \d\.\d\de[-+]\d\d"
+                     r"  \[4/6, [\d.]+ s\]$", printed, re.M)  # setting 4 of the 6 (profiles' are among them), its time
 
 
 def test_cli_accepts_a_checkpoint_file_and_unevaluated_settings(mlp_run, tmp_path, capsys):

@@ -5,20 +5,23 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import psutil
 import pytest
 
-from fedquant.flower_app import compose_config, hydra_overrides
+from fedquant.flower_app import compose_config, hydra_overrides, superlink_pid
 from tests.helpers import make_config, strip_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 FLWR = Path(sys.executable).with_name("flwr")
 OVERRIDES = "num_clients=6 clients_per_round=3 client.local_epochs=1 eval.settings=[fp,w4a4,w2a2] quiet=true"
+RAY_GPU_NOTICE = "Tip: In future versions of Ray"  # ray.init's FutureWarning (RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO)
 
 
 def free_port() -> int:
@@ -36,6 +39,46 @@ def test_run_config_maps_onto_the_hydra_composition():
     assert compose_config({"num-server-rounds": 0, "seed": 0})["num_rounds"] == make_config()["num_rounds"]
     with pytest.raises(ValueError, match="run config keys \\['rounds'\\] are not fedquant's"):
         hydra_overrides({"rounds": 3})
+
+
+def test_superlink_pid_is_the_flower_superlink_the_serverapp_runs_under():
+    py = "/venv/bin/python3"
+    table = {40: (30, f"{py} /venv/bin/flwr-simulation --runtime-api-address 127.0.0.1:9091"),
+             30: (20, f"{py} /venv/bin/flower-superexec --insecure --parent-pid 20"),
+             20: (10, f"{py} /venv/bin/flower-superlink --insecure --simulation --port 9091"),
+             10: (1, "bash -c flower-superlink")}
+    assert superlink_pid(40, table.get) == 20
+    assert superlink_pid(30, table.get) == 20
+    assert superlink_pid(10, table.get) is None  # a command that merely mentions it
+    assert superlink_pid(40, {40: (30, "python -m fedquant"), 30: (1, "bash")}.get) is None
+    assert superlink_pid(40, {}.get) is None  # the process table cannot be read
+    assert superlink_pid() is None  # pytest runs under no SuperLink
+
+
+def test_readme_loopback_recipe_writes_the_config_where_flwr_reads_it(tmp_path, monkeypatch):
+    """The recipe's config lines, run twice, add the `loopback` connection to
+    $FLWR_HOME/config.toml (not ~/.flwr) and keep Flower's own default connection and valid TOML."""
+    [block] = [b for b in re.findall(r"```bash\n(.+?)\n```", (ROOT / "README.md").read_text(), flags=re.S)
+               if "flower-superlink" in b]
+    config_lines = [line for line in block.splitlines()
+                    if not line.startswith(("flower-superlink", "flower-supernode", "flwr run", "echo", "kill"))]
+    assert any("config.toml" in line for line in config_lines)
+    home, flwr_home = tmp_path / "home", tmp_path / "flwr-home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "FLWR_HOME": str(flwr_home), "FLWR_DISABLE_UPDATE_CHECK": "1",
+           "PATH": f"{FLWR.parent}{os.pathsep}{os.environ['PATH']}"}
+    for _ in range(2):
+        proc = subprocess.run(["bash", "-euc", "\n".join(config_lines)], env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    config = tomllib.loads((flwr_home / "config.toml").read_text())
+    assert config["superlink"]["default"] == "local"  # a plain `flwr run .` still simulates locally
+    assert config["superlink"]["loopback"] == {"address": "127.0.0.1:9091", "insecure": True}
+    assert not (home / ".flwr").exists()
+    from flwr.cli.flower_config import read_superlink_connection
+    monkeypatch.setenv("FLWR_HOME", str(flwr_home))
+    loopback = read_superlink_connection("loopback")
+    assert (loopback.address, loopback.insecure) == ("127.0.0.1:9091", True)
 
 
 @contextlib.contextmanager
@@ -70,11 +113,15 @@ def test_flwr_run_gives_the_numbers_of_the_command_line(tmp_path):
                                f"num-server-rounds=2 seed=1 output-dir='{tmp_path / 'flwr'}' overrides='{OVERRIDES}'"],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        [link] = superlinks(control)  # the local SuperLink `flwr run` started, still running
+        assert f"(pid {link.pid}; stop it with `kill {link.pid}`)" in proc.stdout
     assert "fedquant: run" in proc.stdout and str(tmp_path / "flwr") in proc.stdout
+    assert RAY_GPU_NOTICE not in proc.stdout + proc.stderr
     [flwr_results] = (tmp_path / "flwr").glob("*/results.json")
     cli = subprocess.run([sys.executable, "-m", "fedquant", *OVERRIDES.split(), "num_rounds=2", "seed=1",
                           f"hydra.run.dir={tmp_path / 'cli'}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert cli.returncode == 0, cli.stderr[-3000:]
+    assert RAY_GPU_NOTICE not in cli.stdout + cli.stderr
     a, b = (json.loads(p.read_text()) for p in (flwr_results, tmp_path / "cli" / "results.json"))
     assert a["config"] == b["config"] and a["protocol"] == b["protocol"]
     assert a["final"] == b["final"] and a["final_validation"] == b["final_validation"]
@@ -110,6 +157,7 @@ def test_deployment_engine_on_loopback_with_node_owned_partitions(tmp_path):
                                f"overrides='{overrides}'"], cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=400)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert f"`kill {started[0].pid}`" in proc.stdout  # the SuperLink this test started
     finally:
         procs = [c for p in started if p.poll() is None for c in psutil.Process(p.pid).children(recursive=True)]
         for p in started:

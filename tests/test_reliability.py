@@ -119,7 +119,9 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 SLOW_ROUNDS = (*TINY, "num_rounds=4", "client.local_epochs=25", "eval.settings=[fp,w4a4]", "checkpoint.every=1",
-               "strategy.server=fedadam", "+strategy.server_options.eta=0.01")
+               "strategy.server=fedadam", "+strategy.server_options.eta=0.01",
+               # a compressed uplink with error feedback: each client's residual must survive the kill too
+               "uplink.bits=4", "uplink.error_feedback=true", "downlink.bits=8")
 
 
 def test_sigkill_mid_round_then_resume_matches_uninterrupted(tmp_path):
@@ -145,6 +147,7 @@ def test_sigkill_mid_round_then_resume_matches_uninterrupted(tmp_path):
     a = json.loads((tmp_path / "full" / "results.json").read_text())
     b = json.loads((tmp_path / "resumed" / "results.json").read_text())
     assert b["resumed_from"]["round"] in (2, 3)
+    assert any((tmp_path / "resumed" / "client_state").rglob("r4.pt"))  # the residuals went on in the new folder
     assert b["final"] == a["final"]
     for ra, rb in zip(a["rounds"], b["rounds"], strict=True):
         assert ra.get("eval") == rb.get("eval")

@@ -173,7 +173,7 @@ def test_report_sections_in_order_with_exact_cells(sweep, capsys):
     assert positions == sorted(positions)
     assert ("All 7 runs: first and last layers at 8 bits, the others at the evaluated bit-width; "
             "BatchNorm: no BatchNorm in the model; weight ranges: max; activation ranges: minmax; "
-            "PTQ: basic; biases: float (evaluated before eval.integer_bias); calibration samples: 256; "
+            "PTQ: basic, no bias correction; biases: float (evaluated before eval.integer_bias); calibration samples: 256; "
             "validation samples: 200.") in md
     assert "mean of its last 3 evaluations" in md and "Fewer than" not in md
     assert "choices are made on this table; test is only reported" in md
@@ -208,7 +208,7 @@ def test_report_sections_in_order_with_exact_cells(sweep, capsys):
 
 def test_last_k_is_configurable_and_short_runs_are_named(sweep):
     md = make_report([sweep], last=5)
-    assert "mean of its last 5 evaluations" in md
+    assert "the mean of its last 4 evaluations at rounds >= 1 (`--last 5`;" in md  # what was averaged
     assert ("Fewer than 5 evaluations (the figure averages those the run has): "
             "`strategy=fedavg`: 3 of 3 runs (4 evaluations); `strategy=qafedavg`: 4 of 4 runs (4 evaluations).") in md
     everything = [sum(a) / 4 for a in TEST["fedavg"].values()]
@@ -260,6 +260,122 @@ def test_differing_protocols_are_listed_per_method(tmp_path):
     assert lines[start + 3] == "- `strategy=fedavg` (1 run): not recorded (results.json written before runs stated their protocol)"
     assert lines[start + 4].startswith("- `strategy=qafedavg` (1 run): every layer at the evaluated bit-width")
     assert "activation ranges: mse" in lines[start + 4]
+
+
+# ------------------------------------------------------------ labels, figure rule, re-evaluation
+
+
+def _arm(folder: Path, seed: int, overrides: list[str], client: dict, **extra) -> None:
+    """A job of experiment fmnist_fedavg with ``client`` keys in its config and per-run keys that
+    differ from job to job (seed, run dir, init_from, wandb name)."""
+    results = _results("fedavg", seed, [0.5, 0.6, 0.7]) | extra
+    results["config"] |= {"client": client, "init_from": f"runs/base/{seed}", "resume_from": f"{folder}",
+                          "logger": {"name": "wandb", "group": folder.parent.name, "tags": [str(seed)]}}
+    _write_job(folder, [f"seed={seed}", "+experiment=fmnist_fedavg", *overrides, f"hydra.run.dir={folder}",
+                        f"init_from=runs/base/{seed}"], results)
+
+
+def test_labels_name_the_override_that_tells_two_arms_apart(tmp_path):
+    for seed in (0, 1):  # two sweeps, one arm each, reported together
+        _arm(tmp_path / "constant" / str(seed), seed, [], {"lr_schedule": "constant", "lr": 0.02})
+        _arm(tmp_path / "cosine" / str(seed), seed, ["client.lr_schedule=cosine"], {"lr_schedule": "cosine", "lr": 0.02})
+    methods, _ = collect([tmp_path / "constant", tmp_path / "cosine"])
+    assert {m: len(runs) for m, runs in methods.items()} == {"fmnist_fedavg client.lr_schedule=constant": 2,
+                                                            "fmnist_fedavg client.lr_schedule=cosine": 2}
+    md = make_report([tmp_path / "constant", tmp_path / "cosine"], tmp_path / "out",
+                     baseline="fmnist_fedavg client.lr_schedule=constant")
+    assert "| fmnist_fedavg client.lr_schedule=cosine | 2 |" in md
+
+
+def test_labels_from_the_config_when_overrides_do_not_tell(tmp_path):
+    # flwr run: no .hydra folder; the arms differ in the config only
+    for i, lr in enumerate((0.02, 0.05, 0.02)):
+        (tmp_path / str(i)).mkdir()
+        results = _results("fedavg", i // 2, [0.5, 0.6]) | {"wall_time_s": 5.0}
+        results["config"] |= {"client": {"lr": lr}, "simulation": {"device": f"cuda:{i}"}}
+        (tmp_path / str(i) / "results.json").write_text(json.dumps(results))
+    methods, _ = collect([tmp_path])
+    assert {m: len(r) for m, r in methods.items()} == {"client.lr=0.02": 2, "client.lr=0.05": 1}
+    # the same overrides, other evaluation options (a sweep and its re-evaluation reported together)
+    _arm(tmp_path / "a" / "0", 0, [], {"lr": 0.02})
+    _arm(tmp_path / "b" / "0", 0, [], {"lr": 0.02}, reevaluated={"ptq": "adaround"})
+    json_b = json.loads((tmp_path / "b" / "0" / "results.json").read_text())
+    json_b["config"]["eval"] = {"ptq": "adaround"}
+    (tmp_path / "b" / "0" / "results.json").write_text(json.dumps(json_b))
+    labels = list(collect([tmp_path / "a", tmp_path / "b"])[0])
+    assert labels == ["fmnist_fedavg", "fmnist_fedavg eval.ptq=adaround reevaluated=true"]
+
+
+def _titles(monkeypatch) -> dict[str, tuple]:
+    """Captures what write_plots passes to the two plot functions."""
+    import fedquant.report.plots as report_plots
+
+    seen: dict[str, tuple] = {}
+    monkeypatch.setattr(report_plots, "plot_methods_vs_bits", lambda *a: seen.setdefault("bits", a))
+    monkeypatch.setattr(report_plots, "plot_methods_vs_round", lambda *a: seen.setdefault("rounds", a))
+    return seen
+
+
+@pytest.mark.parametrize(("evaluations", "said"), [(2, "the mean of its last 2 evaluations"),
+                                                   (1, "its only evaluation"),
+                                                   (3, "the mean of its last 3 evaluations")])
+def test_the_figure_and_the_text_say_what_was_averaged(tmp_path, monkeypatch, evaluations, said):
+    seen = _titles(monkeypatch)
+    _write_job(tmp_path / "0", ["seed=0"], _results("fedavg", 0, [0.5, 0.6, 0.7][:evaluations]))
+    md = make_report([tmp_path], last=3)
+    assert f"a run's figure at a setting is {said} at rounds >= 1 (`--last 3`;" in md
+    assert f"a run's figure: {said}\n" in seen["bits"][2] + "\n"
+    assert "last 3" not in seen["bits"][2] or evaluations == 3
+
+
+def test_mixed_counts_name_the_most_and_the_fewer(tmp_path, monkeypatch):
+    seen = _titles(monkeypatch)
+    _write_job(tmp_path / "0", ["seed=0"], _results("fedavg", 0, [0.5, 0.6, 0.7, 0.8]))
+    _write_job(tmp_path / "1", ["seed=1"], _results("fedavg", 1, [0.5]))
+    md = make_report([tmp_path], last=3)
+    said = "the mean of its last 3 evaluations (of 1 where a run has only 1)"
+    assert said in md and said in seen["bits"][2]
+
+
+REDONE = {**PROTOCOL, "ptq": "adaround (500 iterations per layer) + bias correction", "weight_range": "mse",
+          "bias": "int32 on s_x s_w (BatchNorm folded into the conv before it)"}
+
+
+def _reevaluated(folder: Path, seed: int, protocol: dict) -> None:
+    """A job as ``python -m fedquant.reevaluate --last 2`` writes it: two rounds, its options."""
+    results = _results("fedavg", seed, [0.6, 0.7], protocol=protocol)
+    results["rounds"] = [r | {"round": 70 + 5 * r["round"]} for r in results["rounds"][1:]]
+    results |= {"reevaluated": {"checkpoints": ["c70.pt", "c75.pt"], "ptq": "adaround", "weight_range": "mse"},
+                "training_wall_time_s": 600.0, "wall_time_s": 30.0}
+    _write_job(folder, [f"seed={seed}", "+experiment=fmnist_fedavg"], results)
+
+
+def test_a_reevaluated_sweep_says_its_post_training_options_and_training_time(tmp_path, monkeypatch):
+    seen = _titles(monkeypatch)
+    for seed in (0, 1):
+        _reevaluated(tmp_path / str(seed), seed, REDONE)
+    md = make_report([tmp_path])
+    assert "PTQ: adaround (500 iterations per layer) + bias correction;" in md and "weight ranges: mse;" in md
+    assert ("- `fmnist_fedavg` (2 runs): eval.ptq=adaround, eval.weight_range=mse (the others as the run had "
+            "them); the models of rounds 75, 80") in md
+    # the training's wall time, not the re-evaluation's (wall_time_s of a re-evaluated job)
+    assert "2 jobs; their training wall times sum to 20.0 min (600-600 s per job); re-evaluating 2 jobs took 1.0 min." in md
+    subtitle = ("post-training: PTQ adaround (500 iterations per layer) + bias correction; "
+                "weights mse, activations minmax; int32 biases (re-evaluated)")
+    assert all(title.replace("\n", " ").endswith(subtitle) for title in (seen["bits"][2], seen["rounds"][3]))
+    assert list(seen["bits"][0]) == ["fmnist_fedavg"]
+
+
+def test_differing_post_training_options_go_into_the_legend(tmp_path, monkeypatch):
+    seen = _titles(monkeypatch)
+    _write_job(tmp_path / "0", ["seed=0", "strategy=fedavg"], _results("fedavg", 0, [0.5]))
+    _reevaluated(tmp_path / "1", 0, REDONE)
+    make_report([tmp_path])
+    legend = list(seen["bits"][0])
+    assert legend[0] == "fedavg\n[PTQ basic, no bias correction; weights max, activations minmax; float biases]"
+    assert legend[1] == ("fmnist_fedavg\n[PTQ adaround (500 iterations per layer) + bias correction; "
+                         "weights mse, activations minmax; int32 biases (re-evaluated)]")
+    assert "post-training" not in seen["bits"][2] and list(seen["rounds"][0]) == legend
 
 
 # ------------------------------------------------------------------------------------- plots
@@ -326,7 +442,7 @@ def test_report_on_a_real_multirun(tmp_path):
     header = lines.index("| method | seeds | fp | w4a4 |")
     assert lines[header - 2] == "## Test accuracy (%)"
     table = lines[header + 2:lines.index("", header)]
-    labels = {frozenset(line.split(" | ")[0].lstrip("| ").split(", ")) for line in table}
+    labels = {frozenset(line.split(" | ")[0].lstrip("| ").split(" ")) for line in table}
     # the failed jobs left no folders (they never started), so the methods differ only in strategy
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]  # jobs 0, 1 of 0-3
     assert labels == {frozenset({"strategy=fedavg"}), frozenset({"strategy=qafedavg"})}
@@ -338,7 +454,8 @@ def test_report_on_a_real_multirun(tmp_path):
     assert report.stdout.count(": 1 of 1 run (1 evaluation)") == 2  # fewer than --last 3, said so
     assert (sweep / "report.csv").is_file() and (sweep / "report.png").stat().st_size > 10_000
     assert (sweep / "report_rounds.png").stat().st_size > 10_000
-    assert lines[-1] == f"wrote {', '.join(REPORT_FILES)} in {sweep}"
+    assert (sweep / "report_uplink.png").stat().st_size > 10_000  # every run counted its bytes
+    assert lines[-1] == f"wrote {', '.join(REPORT_FILES)}, report_uplink.png in {sweep}"
     # the curves: rounds 0 and 1 evaluated, mean over the one seed = the job's own accuracies
     rows = lines[lines.index("| method | 0 | 1 |") + 2:]
     row = next(row for row in rows if "strategy=fedavg" in row)
@@ -380,15 +497,13 @@ def test_report_groups_continued_runs_by_method_not_by_checkpoint(tmp_path):
         (tmp_path / name / "results.json").write_text(json.dumps({"final": {"fp": acc}}))
     methods, missing = collect([tmp_path / "a", tmp_path / "b"])
     assert not missing
-    assert {m: [r["final"]["fp"] for r in runs] for m, runs in methods.items()} == {"+experiment=a": [0.5, 0.7],
-                                                                                   "+experiment=b": [0.9]}
+    assert {m: [r["final"]["fp"] for r in runs] for m, runs in methods.items()} == {"a": [0.5, 0.7], "b": [0.9]}
     proc = subprocess.run([sys.executable, "-m", "fedquant.report", str(tmp_path / "a"), str(tmp_path / "b")],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip() == "error: several sweeps given: say where the combined report goes with --out DIR"
     # with --out: results without rounds fall back to `final` (one evaluation each)
     md = make_report([tmp_path / "a", tmp_path / "b"], tmp_path / "both")
-    assert _section(md, "## Test accuracy (%)") == ["| +experiment=a | 2 | 60.00 ± 14.14 |",
-                                                    "| +experiment=b | 1 | 90.00 |"]
+    assert _section(md, "## Test accuracy (%)") == ["| a | 2 | 60.00 ± 14.14 |", "| b | 1 | 90.00 |"]
     assert sorted(p.name for p in (tmp_path / "both").iterdir()) == sorted(REPORT_FILES)
 
 

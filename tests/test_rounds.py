@@ -33,7 +33,7 @@ def test_round_time_excludes_evaluation_checkpoint_and_logging(resumed_round):
     history = RunHistory()
     saved = []
 
-    def evaluator(state):
+    def evaluator(state, on_setting=None):
         clock.now += 1.0  # evaluation takes 1 s
         return {"test": {"fp": {"accuracy": state["acc"], "loss": 0.0}},
                 "validation": {"fp": {"accuracy": state["acc"] / 2, "loss": 0.0}}}
@@ -70,7 +70,7 @@ def test_the_evaluated_model_is_the_average_when_asked():
 
     seen = []
 
-    def evaluator(state):
+    def evaluator(state, on_setting=None):
         seen.append(float(state["w"]))
         return {"test": {"fp": {"accuracy": 0.0, "loss": 0.0}}, "validation": {}}
 

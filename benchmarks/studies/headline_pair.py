@@ -4,7 +4,7 @@ paired test difference.
 
 ``python -m benchmarks.studies.headline_pair --a multirun/lowbit/qafedavg_cosine multirun/lowbit_re/qafedavg_cosine_pct --b multirun/lowbit/fedavg multirun/lowbit/fedavg_cosine multirun/lowbit_re/fedavg_adaround multirun/lowbit_re/fedavg_cosine_adaround``
 
-An option is a folder of ``<seed>/results.json`` (``benchmarks.studies.lowbit_study`` runs, or
+An option is a folder of ``<seed>/results.json`` (``benchmarks.studies.study lowbit`` runs, or
 ``fedquant.reevaluate --out`` folders); a run's figure is the mean of its last 3 evaluations. Per
 setting s and side, the option with the highest mean validation figure over its seeds among
 those that evaluated s is chosen,

@@ -3,7 +3,7 @@ paired test differences against a base arm, and the best variant chosen on valid
 
 ``python -m benchmarks.studies.lowbit_select multirun/lowbit --base qafedavg --candidates qafedavg qafedavg_per_round ... --arms fedavg fedavg_kure``
 
-Runs are ``ROOT/<arm>/<seed>/results.json`` (``benchmarks.studies.lowbit_study``). A run's figure per
+Runs are ``ROOT/<arm>/<seed>/results.json`` (``benchmarks.studies.study lowbit``). A run's figure per
 setting is the mean of its last 3 evaluations (rounds >= 1). The selection rule, fixed before the
 runs were read: a candidate's score is its validation figure averaged over the settings
 fp, w8a8, w6a6, w4a4, w3a3, w2a2 and over the seeds that every candidate has,

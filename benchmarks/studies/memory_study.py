@@ -3,7 +3,7 @@ differences between arms.
 
 ``python -m benchmarks.studies.memory_study multirun/lowbit --arms memory_heterofl_w025 memory_qafedavg_w2a2 memory_mix_w05_w8a8``
 
-Each arm's runs live in ``ROOT/<arm>/<seed>/results.json`` (``benchmarks.studies.lowbit_study``). A
+Each arm's runs live in ``ROOT/<arm>/<seed>/results.json`` (``benchmarks.studies.study lowbit``). A
 profile's figure is the mean of the run's last 3 evaluations (rounds >= 1) of the setting the
 profile deploys, on its own sub-model (``<setting>@<width>``), on the test set and on the
 validation split; arms are paired by seed against the first arm (95% t-interval,

@@ -56,6 +56,7 @@ class RunHistory:
         ``final`` is the test accuracy at the last evaluation, ``final_validation`` the validation
         accuracy there; ``protocol`` says how the server evaluated."""
         rounds = []
+        uplink = downlink = 0
         for r in range(cfg["num_rounds"] + 1):
             entry: dict = {"round": r}
             if r in self.evals:
@@ -64,11 +65,15 @@ class RunHistory:
                 entry["validation"] = self.validation[r]
             if r in self.reports:
                 entry["train"] = self.reports[r].summary()
+                uplink += entry["train"]["uplink_bytes"]
+                downlink += entry["train"]["downlink_bytes"]
+                entry["train"] |= {"cumulative_uplink_bytes": uplink, "cumulative_downlink_bytes": downlink}
             rounds.append(entry)
         final = self.final()
         return {"config": cfg, "protocol": protocol, "rounds": rounds, "final": final,
                 "final_validation": self.final("validation"), "per_profile": per_profile(profiles, final),
-                "model_bytes": model_bytes, "wall_time_s": wall_time}
+                "model_bytes": model_bytes, "communication": {"uplink_bytes": uplink, "downlink_bytes": downlink},
+                "wall_time_s": wall_time}
 
     def timing(self) -> dict:
         return {"to_round1_end_s": self.to_round1_end_s, "round_s": list(self.round_s.values()),

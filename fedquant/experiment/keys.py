@@ -82,6 +82,40 @@ def _check_variant(cfg: Mapping, section: str) -> None:
     check_section(node, variants[node[name_key]], section + ".", elsewhere=(name_key,))
 
 
+def _section_fields(cls: type) -> dict[str, Any]:
+    """A section's fields: name -> its nested section's fields, or None for a key (a leaf)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        out[f.name] = _section_fields(f.default_factory) if dataclasses.is_dataclass(f.default_factory) else None
+    return out
+
+
+def key_tree() -> dict[str, Any]:
+    """Every key of the schema as a tree (nested dicts; None at a key): the variant sections hold
+    every variant's keys, ``quantization`` QuantConfig's."""
+    tree = _section_fields(schema.ExperimentConfig)
+    for section, (name_key, _, variants) in schema.VARIANTS.items():
+        tree[section] = {name_key: None}
+        for cls in variants.values():
+            tree[section].update(_section_fields(cls))
+    tree["quantization"] = {k: v for k, v in _section_fields(QuantConfig).items() if k not in schema.RUN_TIME_BITS}
+    return tree
+
+
+def check_key_name(dotted: str, tree: Mapping[str, Any] | None = None) -> None:
+    """Raise ``ConfigError`` (naming the nearest known key) unless ``dotted`` is a key of the schema
+    or lies inside one (``strategy.server_options.mu``: a mapping's own entries are its key's
+    business)."""
+    node: Mapping[str, Any] | None = key_tree() if tree is None else tree
+    prefix = ""
+    for part in dotted.split("."):
+        if node is None:  # inside a key's value
+            return
+        if part not in node:
+            raise _unknown(part, node, prefix)
+        node, prefix = node[part], f"{prefix}{part}."
+
+
 def check_keys(cfg: Mapping) -> None:
     """Every key of the schema present and valid, no unknown key."""
     check_section(cfg, schema.ExperimentConfig, elsewhere=("partition", "quantization", "logger"))

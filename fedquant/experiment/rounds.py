@@ -1,5 +1,6 @@
 """What the server does after every round, independent of Flower: time the round, evaluate the
-global model when due, print progress, checkpoint, and log."""
+global model when due (the setting being evaluated shown as progress), print the round's line,
+checkpoint, and log."""
 
 from __future__ import annotations
 
@@ -76,7 +77,8 @@ class AfterRound:
         evaluated = self.averaging.update(server_round, state) if self.averaging and server_round else state
         evaluation = None
         if self.schedule.evaluates(server_round):
-            evaluation = self.evaluator(evaluated)
+            evaluation = self.evaluator(evaluated, on_setting=lambda name, i, m: self.reporter.evaluating(
+                server_round, name, i, m))
             self.history.record_eval(server_round, evaluation, self.clock() - now)
         report = self.history.reports.get(server_round)
         accuracies = {k: v["accuracy"] for k, v in evaluation["test"].items()} if evaluation else None
@@ -85,8 +87,10 @@ class AfterRound:
         if self.save_checkpoint is not None and self.schedule.checkpoints(server_round):
             self.save_checkpoint(server_round, state)
         if self.logger is not None:
-            train = {"loss": report.loss, "failures": len(report.failures), "bits_used": report.bits_used} \
-                if report else None
+            train = {"loss": report.loss, "failures": len(report.failures), "bits_used": report.bits_used,
+                     "uplink_bytes": report.uplink_bytes, "downlink_bytes": report.downlink_bytes,
+                     "cumulative_uplink_bytes": sum(r.uplink_bytes for k, r in self.history.reports.items()
+                                                    if k <= server_round)} if report else None
             self.logger.log_round(server_round, evaluation, train,
                                   per_profile(self.profiles, accuracies) if accuracies else None)
         self._last = self.clock()  # after logging: the next round's time is its training only

@@ -141,6 +141,17 @@ def check_recipes(cfg: Mapping, servers) -> None:
                               f"strategy=qafedavg with a quantized setting in strategy.bits, or set strategy.{name}={off}")
 
 
+def check_links(cfg: Mapping, servers) -> None:
+    """Error feedback keeps the part of an update the uplink grid dropped: it needs a compressed
+    update."""
+    up = cfg["uplink"]
+    if up["error_feedback"] and (up["bits"] == 32 or up["send"] != "update"):
+        why = "uplink.bits=32 sends float32 (nothing is dropped)" if up["bits"] == 32 else \
+            "uplink.send=weights sends no update"
+        raise ConfigError(f"uplink.error_feedback=true is not valid here: {why}; compress the update "
+                          "(uplink.bits=2..16 uplink.send=update) or set uplink.error_feedback=false")
+
+
 def check_holdout(cfg: Mapping, servers=None) -> None:
     """The server hold-out must leave ``MIN_CALIBRATION`` calibration images after the
     validation ones whenever a quantized setting is tested (or BatchNorm is re-estimated)."""
@@ -157,5 +168,5 @@ def check_holdout(cfg: Mapping, servers=None) -> None:
 
 
 RULES = (check_counts, check_dataset_root, check_model_options, check_server, check_bits, check_profiles,
-         check_oscillation, check_recipes, check_resume, check_holdout)
+         check_oscillation, check_recipes, check_links, check_resume, check_holdout)
 MACHINE_RULES = (check_dataset_root, check_resume)  # about the machine a run starts on, not the run

@@ -21,9 +21,11 @@ from typing import Any
 
 from ..data import DATASETS, SCHEMES
 from ..federation.bitwidths import SAMPLING_MODES, parse_settings
+from ..federation.compression import GRANULARITIES, OFF, ROUNDINGS
 from ..federation.plan import ON_TOO_FEW, STRATEGIES
 from ..federation.profiles import Profile
 from ..federation.schedule import LR_SCHEDULES
+from ..federation.uplink import SEND
 from ..fields import REQUIRED, key
 from ..learning.evaluation import EvalProtocol
 from ..learning.local_training import REGULARIZERS
@@ -133,6 +135,29 @@ class FaultsConfig:
                                  ge=0.0, le=1.0)
 
 
+def _link_bits(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not (1 <= value <= 16 or value == OFF):
+        raise ValueError(f"{name}={value!r} is not valid: allowed is an integer in 1..16, or {OFF} (float32, off)")
+
+
+@dataclass
+class UplinkConfig:
+    bits: int = key(OFF, "what a client sends, on a b-bit grid (1..16; 32 = float32, off)", check=_link_bits)
+    rounding: str = key("stochastic", "stochastic (unbiased, QSGD) | nearest", choices=ROUNDINGS)
+    granularity: str = key("per_tensor", "per_tensor | per_channel (a scale and offset per output channel)",
+                           choices=GRANULARITIES)
+    send: str = key("update", "update (client model - the model it received) | weights", choices=SEND)
+    error_feedback: bool = key(False, "a client adds what the grid dropped from its last update to the next "
+                                      "(updates only; client-private state)")
+
+
+@dataclass
+class DownlinkConfig:
+    bits: int = key(OFF, "the model the server broadcasts, on a b-bit grid, nearest rounding (32 = off)",
+                    check=_link_bits)
+    granularity: str = key("per_tensor", "per_tensor | per_channel", choices=GRANULARITIES)
+
+
 @dataclass
 class CheckpointConfig:
     every: int = key(1, "save every N rounds (and after the last) in the run directory; 0 = never", ge=0)
@@ -168,6 +193,8 @@ class ExperimentConfig:
     client: ClientConfig = dataclasses.field(default_factory=ClientConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     faults: FaultsConfig = dataclasses.field(default_factory=FaultsConfig)
+    uplink: UplinkConfig = dataclasses.field(default_factory=UplinkConfig)
+    downlink: DownlinkConfig = dataclasses.field(default_factory=DownlinkConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     simulation: SimulationConfig = dataclasses.field(default_factory=SimulationConfig)
     # sections whose keys depend on a group's choice: see VARIANTS and QUANTIZATION

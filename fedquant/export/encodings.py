@@ -29,7 +29,8 @@ input parameter ... of operator (MaxPool) ... is invalid"). ``int4=False`` store
 weights in INT8.
 
 The JSON follows AIMET's encodings files: ``activation_encodings`` keyed by the ONNX tensor that is
-quantized, ``param_encodings`` keyed by the weight initializer, each entry with ``bitwidth``,
+quantized, ``param_encodings`` keyed by the weight initializer (names in the written file, e.g.
+``fc3.weight``: :mod:`fedquant.export.builder`), each entry with ``bitwidth``,
 ``dtype`` ("int"), ``is_symmetric``, per-channel lists ``scale`` and ``offset`` and the channel
 axis; AIMET's sign convention ``offset = -z``, so ``x_hat = (q + offset) * scale`` and ``min`` /
 ``max`` are the grid's ends in float, ``(qmin + offset) * scale`` and ``(qmax + offset) * scale``.
@@ -140,11 +141,15 @@ def weight_encoding(layer: QuantLayerMixin, int4: bool = True) -> tuple[np.ndarr
 
 
 def encodings_document(setting: str, activations: dict[str, tuple[Encoding, list[str]]],
-                       params: dict[str, Encoding], batchnorm: dict[str, str]) -> dict:
+                       params: dict[str, Encoding], batchnorm: dict[str, str],
+                       modules: dict[str, str] | None = None) -> dict:
     """The ``<setting>.encodings.json`` content: the grids of every quantized tensor of the ONNX
-    graph, by tensor name (``activations`` also lists the layers that consume each one)."""
+    graph, keyed by its tensor name there (``activation_encodings``: the tensor a QuantizeLinear
+    reads, with the layers that consume it; ``param_encodings``: the initializer), the fate of
+    every BatchNorm, and ``modules``: each layer's ONNX name -> its module name in the model (the
+    prefix of its ``state_dict`` keys)."""
     return {"version": FORMAT, "setting": setting, "formula": FORMULA,
             "activation_encodings": {name: enc.to_json() | {"consumers": consumers}
                                      for name, (enc, consumers) in activations.items()},
             "param_encodings": {name: enc.to_json() for name, enc in params.items()},
-            "batchnorm": batchnorm}
+            "batchnorm": batchnorm, "modules": dict(modules or {})}

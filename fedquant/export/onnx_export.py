@@ -39,7 +39,8 @@ class Exported:
 
     model: onnx.ModelProto
     encodings: dict
-    folded: list[str] = field(default_factory=list)  # BatchNorm modules folded into their conv
+    folded: list[str] = field(default_factory=list)  # BatchNorm layers folded into their conv (ONNX names)
+    layers: dict[str, str] = field(default_factory=dict)  # ONNX layer name -> module name in the model
 
     def to_bytes(self) -> bytes:
         return self.model.SerializeToString()
@@ -84,6 +85,6 @@ def export_model(model: nn.Module, input_shape: tuple[int, ...], setting: str = 
                                         "batchnorm": "fold" if fold_batchnorm else "float"})
     onnx_model = onnx.shape_inference.infer_shapes(onnx_model, check_type=True, strict_mode=True)
     onnx.checker.check_model(onnx_model, full_check=True)
-    encodings = encodings_document(setting, builder.activations, builder.params, builder.batchnorm)
+    encodings = encodings_document(setting, builder.activations, builder.params, builder.batchnorm, builder.layers)
     folded = sorted(k for k, v in builder.batchnorm.items() if v.startswith("folded"))
-    return Exported(onnx_model, encodings, folded)
+    return Exported(onnx_model, encodings, folded, builder.layers)

@@ -144,7 +144,9 @@ class OpNodes(QdqNodes, BatchNormNodes):
 
     # -- the whole graph -------------------------------------------------------------------
     def emit(self, graph: fx.Graph) -> str:
-        """Emit every node; returns the name of the graph's output tensor."""
+        """Emit every node (call_module nodes renamed to their layers' ONNX names first:
+        :meth:`~fedquant.export.builder.NodeBuilder.rename`); returns the graph's output tensor."""
+        self.rename(graph)
         for node in graph.nodes:
             if node in self.skip:
                 continue

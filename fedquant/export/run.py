@@ -14,7 +14,8 @@ calibrated like the server's per-width evaluation). ``--settings`` exports exact
 setting the run never evaluated is allowed (it is calibrated the same way; there is just no
 reported accuracy to compare with), a malformed one is an error. Every file is checked with
 onnxruntime on 256 test images against the simulated model (the largest logit difference is
-printed); ``--check`` also compares the test accuracy.
+printed, with the activation codes behind it: :func:`fedquant.export.check.compare`);
+``--check`` also compares the test accuracy.
 
 Errors (missing extra, no checkpoint, bad setting, a run without calibration images, an
 unwritable folder) are one ``error: ...`` line and exit status 2. Every model is built and
@@ -27,10 +28,9 @@ from __future__ import annotations
 import importlib
 import re
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from ..data import DatasetError
 from ..experiment.config import complete
@@ -43,6 +43,7 @@ from ..models.state import float_state
 from ..models.width import extract
 from ..runtime.checkpoint import CheckpointError, evaluated_state, list_checkpoints, load_checkpoint
 from ..tracking.files import atomic_write
+from ..tracking.progress import Progress, seconds
 from ..tracking.results import write_json
 
 EXTRA = 'pip install -e ".[export]"'
@@ -63,6 +64,7 @@ class Artifact:
     model_bytes: int
     logit_diff: float
     accuracy: dict[str, float]  # with --check: simulated, onnxruntime exact and default
+    explanation: str = ""  # the activation codes behind a quantized logit difference (check.Agreement)
 
 
 def missing_extra() -> str | None:
@@ -126,7 +128,7 @@ def check_writable(out: Path) -> None:
 def build_artifact(evaluator: Evaluator, state: dict, setting: Setting, fold_batchnorm: bool, int4: bool,
                    full_check: bool) -> Artifact:
     """Deploy ``setting`` as the server does, export it and check it with onnxruntime."""
-    from .check import logits, onnx_accuracy, session
+    from .check import compare, onnx_accuracy, session
     from .onnx_export import export_model
 
     name = setting_name(setting)
@@ -139,16 +141,14 @@ def build_artifact(evaluator: Evaluator, state: dict, setting: Setting, fold_bat
                             integer_bias=evaluator.protocol.integer_bias)
     blob = exported.to_bytes()
     exact = session(blob, exact=True)
-    x = data.normalize(data.test_x[:CHECK_IMAGES])
-    with torch.inference_mode():
-        reference = model(x).numpy()
-    diff = float(abs(logits(exact, x) - reference).max())
+    agreement = compare(model, exported, data.normalize(data.test_x[:CHECK_IMAGES]))
     scores = {}
     if full_check:
         scores["simulated"] = accuracy(model, data, data.test_x, data.test_y, evaluator.batch_size)[0]
         scores["onnxruntime"] = onnx_accuracy(exact, data, data.test_x, data.test_y)[0]
         scores["onnxruntime_default"] = onnx_accuracy(session(blob, exact=False), data, data.test_x, data.test_y)[0]
-    return Artifact(setting, blob, exported.encodings, model_bytes(model, setting), diff, scores)
+    return Artifact(setting, blob, exported.encodings, model_bytes(model, setting), agreement.logit_diff, scores,
+                    agreement.describe())
 
 
 def export_run(target: Path, out: Path | None = None, names: list[str] | None = None, fold_batchnorm: bool = True,
@@ -183,18 +183,27 @@ def export_run(target: Path, out: Path | None = None, names: list[str] | None = 
         f"{len(fed.calibration)} calibration images; exporting {', '.join(labels)}")
     artifacts = {}
     state = evaluated_state(payload)
-    for (width, setting), name in zip(jobs, labels, strict=True):
-        level = evaluator if width == 1 else evaluator.levels[width]
-        level_state = state if width == 1 else extract(state, float_state(level.model))
-        try:
-            artifacts[width, setting] = build_artifact(level, level_state, setting, fold_batchnorm, int4, full_check)
-        except ValueError as err:  # an unsupported op or a state that does not match the model
-            raise ExportError(f"{name}: {err}") from None
-        a = artifacts[width, setting]
-        note = "" if setting in evaluated or setting == FLOAT or width < 1 else " (not in the run's eval.settings)"
-        scores = " ".join(f"{k} {100 * v:.2f}" for k, v in a.accuracy.items())
-        log(f"  {name:>8}  {len(a.onnx):>10,} bytes on disk  model_bytes {a.model_bytes:>10,}  "
-            f"max |logit diff| {a.logit_diff:.2e}{'  test accuracy: ' + scores if scores else ''}{note}")
+    progress = Progress()  # the setting being built: live on a terminal; in logs a line after 15 s without one
+    try:
+        for i, ((width, setting), name) in enumerate(zip(jobs, labels, strict=True), 1):
+            begun = time.monotonic()
+            progress.update(lambda name=name, i=i, begun=begun: f"exporting {name} ({i}/{len(jobs)} settings): "
+                            f"calibrating, tracing, checking, {seconds(time.monotonic() - begun)}")
+            level = evaluator if width == 1 else evaluator.levels[width]
+            level_state = state if width == 1 else extract(state, float_state(level.model))
+            try:
+                artifacts[width, setting] = build_artifact(level, level_state, setting, fold_batchnorm, int4,
+                                                           full_check)
+            except ValueError as err:  # an unsupported op or a state that does not match the model
+                raise ExportError(f"{name}: {err}") from None
+            a = artifacts[width, setting]
+            note = "" if setting in evaluated or setting == FLOAT or width < 1 else " (not in the run's eval.settings)"
+            scores = " ".join(f"{k} {100 * v:.2f}" for k, v in a.accuracy.items())
+            log(f"  {name:>8}  {len(a.onnx):>10,} bytes on disk  model_bytes {a.model_bytes:>10,}  "
+                f"max |logit diff| {a.logit_diff:.2e}{a.explanation}{'  test accuracy: ' + scores if scores else ''}{note}  "
+                f"[{i}/{len(jobs)}, {seconds(time.monotonic() - begun)}]")
+    finally:
+        progress.close()
     written = []
     try:
         for folder, (width, folder_settings) in plan.items():

@@ -36,6 +36,12 @@ TRACK_BITS = "track-bits"  # count weight oscillations on this bit-width's grid 
 FROZEN = "frozen"  # ArrayRecord sent with the model: uint8 masks of the frozen weight entries
 OSCILLATIONS = "oscillations"  # ArrayRecord in the reply: "<weight>|count" and "<weight>|intsum"
 AUGMENT = "augment"  # bool: the dataset's training augmentation (dataset.augment)
+# compressed communication (only sent when uplink or downlink is compressed; fedquant.federation.uplink)
+ROUND = "round"  # fedquant's round number (the residual store is keyed by it)
+DOWNLINK_BITS, DOWNLINK_GRANULARITY = "downlink-bits", "downlink-granularity"
+UPLINK_BITS, UPLINK_ROUNDING, UPLINK_GRANULARITY = "uplink-bits", "uplink-rounding", "uplink-granularity"
+UPLINK_SEND, ERROR_FEEDBACK = "uplink-send", "error-feedback"
+STATE_KEEP_FROM = "state-keep-from"  # the server's newest checkpoint round: older residuals may go
 INJECT_FAILURE = "inject-failure"  # simulation-only fault injection: the client raises
 INJECT_NAN = "inject-nan"  # simulation-only fault injection: the client replies with NaN weights
 

@@ -16,6 +16,8 @@ class ClientReport:
     bits_used: dict[str, int]
     seconds: float = 0.0  # the client's local training wall time
     cpu_seconds: float = 0.0  # CPU time of the training thread meanwhile (< seconds when preempted)
+    uplink_bytes: int = 0  # every array of its reply, as received (fedquant.federation.compression)
+    downlink_bytes: int = 0  # every array of the message it was sent
 
 
 @dataclass
@@ -43,9 +45,20 @@ class RoundReport:
                 bits[k] = bits.get(k, 0) + v
         return dict(sorted(bits.items()))
 
+    @property
+    def uplink_bytes(self) -> int:
+        """The payload the round's successful clients sent (failed replies are not counted)."""
+        return sum(c.uplink_bytes for c in self.clients)
+
+    @property
+    def downlink_bytes(self) -> int:
+        """The payload sent to the round's successful clients."""
+        return sum(c.downlink_bytes for c in self.clients)
+
     def summary(self) -> dict:
         """The round's train entry in results.json."""
         return {"loss": self.loss, "bits_used": self.bits_used, "failures": len(self.failures),
+                "uplink_bytes": self.uplink_bytes, "downlink_bytes": self.downlink_bytes,
                 "failure_reasons": self.failures, "retries": self.retries,
                 "clients": [vars(c) for c in self.clients]} \
             | ({"oscillation_rate": self.oscillation_rate, "frozen_share": self.frozen_share}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -38,6 +39,7 @@ from ..quant.integer_bias import quantize_biases
 from .batches import memory_format_for, to_input
 
 PTQ_METHODS = ("basic", "adaround")
+SettingHook = Callable[[str, int, int], None]  # on_setting(name, i, m): setting i of m starts
 SCALE_BYTES = 4  # float32 scales
 
 
@@ -170,13 +172,17 @@ class Evaluator:
             reestimate_batchnorm(self._float, self._calib)
         return self._float
 
-    def __call__(self, state: dict[str, torch.Tensor]) -> dict[str, dict[str, dict[str, float]]]:
+    def __call__(self, state: dict[str, torch.Tensor],
+                 on_setting: SettingHook | None = None) -> dict[str, dict[str, dict[str, float]]]:
         """``{"test": {setting: {accuracy, loss}}, "validation": {...}}`` (validation empty
-        without a validation split)."""
+        without a validation split); ``on_setting(name, i, m)`` is called as setting ``i`` of
+        ``m`` starts (progress displays)."""
         test, validation = {}, {}
-        for setting in self.settings:
-            model = self.deploy(state, setting)
+        for i, setting in enumerate(self.settings, 1):
             name = setting_name(setting)
+            if on_setting is not None:
+                on_setting(name, i, len(self.settings))
+            model = self.deploy(state, setting)
             if len(self.validation):
                 acc, loss = accuracy(model, self.data, self.data.train_x[self.validation],
                                      self.data.train_y[self.validation], self.batch_size, self.device)

@@ -17,7 +17,15 @@ import torch
 from ..federation.profiles import at_width
 from ..models.state import float_state
 from ..models.width import extract
-from .evaluation import Evaluator
+from .evaluation import Evaluator, SettingHook
+
+
+def _counted(hook: SettingHook | None, width: float | None, before: int, total: int) -> SettingHook | None:
+    """``hook`` for one evaluator of several: its settings numbered after ``before`` others, of
+    ``total``, named at ``width`` (None: the full model)."""
+    if hook is None:
+        return None
+    return lambda name, i, _: hook(name if width is None else at_width(name, width), before + i, total)
 
 
 @dataclass
@@ -33,10 +41,16 @@ class LevelledEvaluator:
             raise AttributeError(name)
         return getattr(self.full, name)
 
-    def __call__(self, state: dict[str, torch.Tensor]) -> dict[str, dict[str, dict[str, float]]]:
-        out = self.full(state)
+    def __call__(self, state: dict[str, torch.Tensor],
+                 on_setting: SettingHook | None = None) -> dict[str, dict[str, dict[str, float]]]:
+        """As :meth:`Evaluator.__call__`; ``on_setting`` counts the levels' settings after the
+        full model's (``w2a2@0.25``: setting ``i`` of them all)."""
+        total = len(self.full.settings) + sum(len(e.settings) for e in self.levels.values())
+        out = self.full(state, _counted(on_setting, None, 0, total))
+        done = len(self.full.settings)
         for width, evaluator in self.levels.items():
-            sub = evaluator(extract(state, float_state(evaluator.model)))
+            sub = evaluator(extract(state, float_state(evaluator.model)), _counted(on_setting, width, done, total))
+            done += len(evaluator.settings)
             for split, results in sub.items():
                 out[split].update({at_width(name, width): v for name, v in results.items()})
         return out

@@ -23,6 +23,7 @@ from pathlib import Path
 from ..learning.evaluation import PTQ_METHODS
 from ..quant.config import ACT_RANGES, WEIGHT_RANGES
 from ..runtime.checkpoint import CheckpointError
+from ..tracking.progress import Progress, Steps, seconds
 from .jobs import mean_of_rounds, reevaluate_job
 
 DESCRIPTION = ("Test a sweep's final models again with other server-side evaluation options (weight and "
@@ -67,27 +68,40 @@ def main(argv: list[str] | None = None) -> None:
     if not jobs:
         print(f"error: no */results.json under {args.sweep_dir}: pass the directory of a finished sweep", file=sys.stderr)
         sys.exit(2)
-    for i, job in enumerate(jobs, 1):
-        if (args.out / job.name / "results.json").is_file():
-            print(f"[{i}/{len(jobs)}] {job.name}: already in {args.out}, skipped")
-            continue
-        try:
-            new = reevaluate_job(job, args.out, options, args.settings, args.calibration_draws, args.calibration_size,
-                                 args.last)
-        except (CheckpointError, ValueError) as err:
-            print(f"error: {job.name}: {err}", file=sys.stderr)
-            continue
-        kept = len(new["rounds"])
-        if kept < args.last:
-            print(f"[{i}/{len(jobs)}] {job.name}: note: --last {args.last} asked for {args.last} checkpoints, the run "
-                  f"has {kept} (its num_rounds, checkpoint.every and checkpoint.keep): the figure is the mean of {kept}")
-        label = "final model" if kept == 1 else f"mean of the last {kept} evaluations"
-        line = f"{label}: " + " ".join(f"{k} {100 * v:.2f}" for k, v in mean_of_rounds(new).items())
-        if "calibration_draws" in new:
-            line += " | calibration draws: " + " ".join(f"{k} ±{100 * v['std']:.2f}"
-                                                        for k, v in new["calibration_draws"].items())
-        print(f"[{i}/{len(jobs)}] {job.name}: {line}", flush=True)
+    progress = Progress()  # on a terminal a live line; in logs a line per setting (fedquant.tracking.progress)
+    try:
+        for i, job in enumerate(jobs, 1):
+            reevaluate_one(args, options, i, len(jobs), job, progress)
+    finally:
+        progress.close()
     print(f"re-evaluated jobs in {args.out}; tables: python -m fedquant.report {args.out} --last {args.last}")
+
+
+def reevaluate_one(args: argparse.Namespace, options: dict, i: int, n: int, job: Path, progress: Progress) -> None:
+    """Job ``i`` of ``n``: skipped when already in ``--out``, else re-evaluated (its settings
+    shown by ``progress``), ending with one line: its figures and how long it took."""
+    if (args.out / job.name / "results.json").is_file():
+        print(f"[{i}/{n}] {job.name}: already in {args.out}, skipped")
+        return
+    steps = Steps(progress, f"[{i}/{n}] {job.name}")
+    try:
+        new = reevaluate_job(job, args.out, options, args.settings, args.calibration_draws, args.calibration_size,
+                             args.last, steps)
+    except (CheckpointError, ValueError) as err:
+        progress.close()
+        print(f"error: {job.name}: {err}", file=sys.stderr)
+        return
+    progress.close()
+    kept = len(new["rounds"])
+    if kept < args.last:
+        print(f"[{i}/{n}] {job.name}: note: --last {args.last} asked for {args.last} checkpoints, the run "
+              f"has {kept} (its num_rounds, checkpoint.every and checkpoint.keep): the figure is the mean of {kept}")
+    label = "final model" if kept == 1 else f"mean of the last {kept} evaluations"
+    line = f"{label}: " + " ".join(f"{k} {100 * v:.2f}" for k, v in mean_of_rounds(new).items())
+    if "calibration_draws" in new:
+        line += " | calibration draws: " + " ".join(f"{k} ±{100 * v['std']:.2f}"
+                                                    for k, v in new["calibration_draws"].items())
+    print(f"[{i}/{n}] {job.name}: {line} ({seconds(new['wall_time_s'])})", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,16 @@
 """``python -m fedquant.report SWEEP... [--out DIR] [--last K] [--baseline LABEL]``: comparison
 tables and plots for Hydra sweeps.
 
-Jobs are grouped into methods by their Hydra overrides (those that differ between jobs; seed,
-and ``resume``/``resume_from`` excluded: a continued run is the same method). A run's figure at
-an evaluation setting is the mean of its last K evaluations at rounds >= 1 (round 0 is the
-untrained model; default K=3; a run with fewer uses those it has, and the report says which);
-each cell is the mean +- sample standard deviation of those figures over the method's seeds.
+Jobs are grouped into methods by their experiment and config (seed, ``resume``/``resume_from``,
+output and W&B names, checkpointing excluded: a continued run is the same method); a method's
+label is its experiment's name and what tells it apart from the others, e.g. ``fmnist_fedavg
+client.lr_schedule=cosine`` (:mod:`fedquant.report.runs`). A run's figure at an evaluation
+setting is the mean of its last K evaluations at rounds >= 1 (round 0 is the untrained model;
+default K=3; a run with fewer uses those it has, and the report and report.png say what was
+averaged); each cell is the mean +- sample standard deviation of those figures over the
+method's seeds. For runs of ``python -m fedquant.reevaluate`` the report names the options given
+there, report.png states the post-training options (PTQ, bias correction, ranges) and the wall
+time is the training's (``training_wall_time_s``) beside the re-evaluation's.
 
 report.md holds, in order: the evaluation protocol the runs recorded and the figure rule; the
 TEST table; the VALIDATION table when the runs have a validation split (choices are made on it;
@@ -51,7 +56,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     sys.stdout.write(markdown)
-    print(f"\nwrote {', '.join(REPORT_FILES)} in {report_dir(args.sweep_dirs, args.out)}")
+    out = report_dir(args.sweep_dirs, args.out)
+    written = [*REPORT_FILES, *(["report_uplink.png"] if (out / "report_uplink.png").is_file() else [])]
+    print(f"\nwrote {', '.join(written)} in {out}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from .runs import ReportError, collect
 from .summary import evaluations_used, paired, summarize
 from .tables import report_markdown, to_csv
 
-REPORT_FILES = ("report.md", "report.csv", "report.png", "report_rounds.png")
+REPORT_FILES = ("report.md", "report.csv", "report.png", "report_rounds.png")  # + report_uplink.png when bytes were counted
 
 
 def report_dir(roots: list[Path], out: Path | None) -> Path:

@@ -96,6 +96,25 @@ def curves(methods: Methods) -> dict[str, dict[int, dict[str, float]]]:
     return out
 
 
+def uplink_curves(methods: Methods) -> dict[str, dict[int, float]]:
+    """method -> evaluated round -> the clients' cumulative uplink MB by then, mean over seeds
+    (round 0: nothing sent); empty for runs written before bytes were counted."""
+    out = {}
+    for method, runs in methods.items():
+        per_round: dict[int, list[float]] = {}
+        for run in runs:
+            if not (run.get("communication") or {}).get("uplink_bytes"):
+                continue
+            sent = 0
+            for entry in run.get("rounds", []):
+                sent = entry.get("train", {}).get("cumulative_uplink_bytes", sent)
+                if "eval" in entry:
+                    per_round.setdefault(entry["round"], []).append(sent / 1e6)
+        if per_round:
+            out[method] = {r: statistics.fmean(v) for r, v in sorted(per_round.items())}
+    return out
+
+
 def shown_settings(settings: list[str]) -> list[str]:
     """The settings of the per-round table and plot: fp, w4a4 and the last full-model one (not a
     width level's ``<setting>@<r>``), when present."""

@@ -21,6 +21,27 @@ def cell(s: Summary) -> str:
     return f"{100 * s.mean:.2f}" if s.n == 1 else f"{100 * s.mean:.2f} ± {100 * s.std:.2f}"
 
 
+def ptq_text(protocol: dict) -> str:
+    """The PTQ method as recorded, saying "no bias correction" when it was off (a recorded PTQ
+    always names bias correction when it was on)."""
+    ptq = str(protocol.get("ptq", "not recorded"))
+    if "bias correction" in ptq or "ptq" not in protocol:
+        return ptq
+    return f"{ptq}, no bias correction"
+
+
+def post_training(run: dict) -> str:
+    """The run's post-training options in one short line (plots): PTQ, bias correction, weight
+    and activation ranges, biases; "(re-evaluated)" for a run of ``python -m fedquant.reevaluate``."""
+    protocol = run.get("protocol")
+    if not protocol:
+        return "post-training options not recorded"
+    bias = str(protocol.get("bias", "float"))
+    text = (f"PTQ {ptq_text(protocol)}; weights {protocol.get('weight_range', '?')}, "
+            f"activations {protocol.get('act_range', '?')}; {bias.split()[0]} biases")
+    return f"{text} (re-evaluated)" if "reevaluated" in run else text
+
+
 def protocol_sentence(protocol: dict | None) -> str:
     """One run's ``results["protocol"]`` as a sentence ("not recorded" for older runs)."""
     if not protocol:
@@ -38,7 +59,8 @@ def protocol_sentence(protocol: dict | None) -> str:
         layers = "every layer at the evaluated bit-width"
     return (f"{layers}; BatchNorm: {get('batchnorm').rstrip('.')}; "
             f"weight ranges: {get('weight_range')}; activation ranges: {get('act_range')}; "
-            f"PTQ: {get('ptq')}; biases: {protocol.get('bias', 'float (evaluated before eval.integer_bias)')}; "
+            f"PTQ: {ptq_text(protocol)}; "
+            f"biases: {protocol.get('bias', 'float (evaluated before eval.integer_bias)')}; "
             f"calibration samples: {get('calibration_samples')}; "
             f"validation samples: {get('validation_samples')}.")
 
@@ -60,11 +82,28 @@ def protocol_markdown(methods: Methods) -> str:
     return "\n".join(lines) + "\n"
 
 
+def averaged(last: int, used: dict[str, list[dict[str, int]]]) -> str:
+    """What a run's figure averages, given the evaluations each run's figure used (``used``:
+    method -> per run, setting -> count): "the mean of its last 3 evaluations", "the mean of its
+    last 2 evaluations" (no run has 3), "its only evaluation", or the most, the fewer named."""
+    counts = sorted({n for runs in used.values() for u in runs for n in u.values()}) or [last]
+    most = counts[-1]
+    if most == 1:
+        text = "its last evaluation" if last == 1 else "its only evaluation"
+    else:
+        text = f"the mean of its last {most} evaluations"
+    if len(counts) == 2:
+        text += f" (of {counts[0]} where a run has only {counts[0]})"
+    elif len(counts) > 2:
+        text += f" (of {counts[0]}-{counts[-2]} where a run has fewer)"
+    return text
+
+
 def figure_rule(last: int, used: dict[str, list[dict[str, int]]]) -> str:
-    """The figure definition, and the methods with runs that have fewer than ``last``
-    evaluations (the fewest over a run's settings)."""
-    text = (f"**Figure:** a run's figure at a setting is the mean of its last {last} evaluations "
-            "at rounds >= 1 (round 0, the untrained model, never counts), separately for test "
+    """The figure definition (:func:`averaged`), and the methods with runs that have fewer than
+    ``last`` evaluations (the fewest over a run's settings)."""
+    text = (f"**Figure:** a run's figure at a setting is {averaged(last, used)} at rounds >= 1 "
+            f"(`--last {last}`; round 0, the untrained model, never counts), separately for test "
             "and validation; a cell is the mean ± sample standard deviation of the figures over "
             "the method's seeds.\n")
     notes = []
@@ -150,14 +189,58 @@ def rounds_markdown(curve: dict[str, dict[int, dict[str, float]]], shown: list[s
     return "\n".join(lines) + "\n"
 
 
+def _minutes(seconds: list[float], what: str) -> str:
+    """One job: its <what> in minutes; several: their sum and the range per job."""
+    if len(seconds) == 1:
+        return f"its {what} was {seconds[0] / 60:.1f} min"
+    return (f"their {what}s sum to {sum(seconds) / 60:.1f} min "
+            f"({min(seconds):.0f}-{max(seconds):.0f} s per job)")
+
+
 def wall_time_line(methods: Methods) -> str:
-    times = [r["wall_time_s"] for runs in methods.values() for r in runs if "wall_time_s" in r]
-    if not times:
+    """The jobs' training wall time (a re-evaluated run's ``training_wall_time_s``) and, for
+    re-evaluated runs, the re-evaluation's own (``wall_time_s``)."""
+    runs = [r for rs in methods.values() for r in rs]
+    redone = [r for r in runs if "reevaluated" in r]
+    training = [r.get("training_wall_time_s", r.get("wall_time_s")) for r in runs]
+    training = [t for t in training if t is not None]
+    if not training:
         return ""
-    if len(times) == 1:
-        return f"\n1 job; its wall time was {times[0] / 60:.1f} min.\n"
-    return (f"\n{len(times)} jobs; their wall times sum to {sum(times) / 60:.1f} min "
-            f"({min(times):.0f}-{max(times):.0f} s per job).\n")
+    jobs = plural(len(training), "job")
+    if not redone:
+        return f"\n{jobs}; {_minutes(training, 'wall time')}.\n"
+    again = [r["wall_time_s"] for r in redone if "wall_time_s" in r]
+    line = f"\n{jobs}; {_minutes(training, 'training wall time')}"
+    if again:
+        line += f"; re-evaluating {plural(len(again), 'job')} took {sum(again) / 60:.1f} min"
+    return line + ".\n"
+
+
+def reevaluated_markdown(methods: Methods) -> str:
+    """For runs from ``python -m fedquant.reevaluate``: the options given there and the rounds
+    of the checkpoints re-evaluated ('' when no run was re-evaluated)."""
+    lines = []
+    for method, runs in methods.items():
+        for options in dict.fromkeys(_reevaluation(r) for r in runs if "reevaluated" in r):
+            n = sum(_reevaluation(r) == options for r in runs if "reevaluated" in r)
+            lines.append(f"- `{method}` ({plural(n, 'run')}): {options}")
+    if not lines:
+        return ""
+    return ("\nRe-evaluated without retraining (`python -m fedquant.reevaluate`; the protocol "
+            "above is the re-evaluation's):\n\n" + "\n".join(lines) + "\n")
+
+
+def _reevaluation(run: dict) -> str:
+    """The options a re-evaluation was given and the checkpoint rounds, as text."""
+    options = {k: v for k, v in run["reevaluated"].items() if k != "checkpoints"}
+    given = (", ".join(f"eval.{k}={_option(v)}" for k, v in options.items())
+             or "the run's own options")
+    rounds = ", ".join(str(r["round"]) for r in run.get("rounds", []))
+    return f"{given} (the others as the run had them); the models of rounds {rounds}"
+
+
+def _option(value: object) -> str:
+    return json.dumps(value) if not isinstance(value, str) else value
 
 
 # ---------------------------------------------------------------------------------------- csv
@@ -191,7 +274,7 @@ def report_markdown(methods: Methods, missing: list[Path], last: int, test: Tabl
     """report.md: protocol and figure rule, test, validation, paired, per-profile and per-round
     tables, wall time and missing jobs."""
     settings = list(dict.fromkeys(s for cells in test.values() for s in cells))
-    text = ("## Protocol\n\n" + protocol_markdown(methods) + "\n"
+    text = ("## Protocol\n\n" + protocol_markdown(methods) + reevaluated_markdown(methods) + "\n"
             + figure_rule(last, evaluations_used(methods, last))
             + "\n## Test accuracy (%)\n\n" + to_markdown(test, settings))
     if validation:

@@ -33,6 +33,17 @@ class _KnownNoise(logging.Filter):
 REPLY_POLL_S = 0.005  # seconds between looks for replies (Flower's default: 0.1)
 
 
+def hide_ray_gpu_notice() -> None:
+    """Hide the FutureWarning every ``ray.init`` prints ("Tip: In future versions of Ray, Ray will
+    no longer override accelerator visible devices env var if num_gpus=0 ... set
+    RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0"). We rely on today's behaviour: a client with
+    ``num_gpus_per_client=0`` sees no GPU, so ``device=auto`` trains it on the CPU. The variable
+    the notice suggests would switch that off (every Ray worker would see every GPU), so the
+    notice is filtered instead. Process-wide; call it before Ray starts (``flwr run``'s simulation
+    imports the app before it starts Ray: ``fedquant.flower_app`` calls it on import)."""
+    warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
+
+
 def quiet_flower_logs(verbose: bool) -> None:
     """Flower's INFO logs (every round's sampled nodes and metrics) only with ``verbose``; the
     known noise (:class:`_KnownNoise`) filtered out otherwise."""
@@ -133,8 +144,7 @@ def run_flower_simulation(server_app: ServerApp, client_app: ClientApp, num_supe
     import ray
 
     quiet_flower_logs(verbose)
-    # Ray's notice about a future default; we rely on today's (num_gpus=0 hides the GPUs).
-    warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
+    hide_ray_gpu_notice()
     if ray_address:
         check_ray_reachable(ray_address, ray_timeout_s)
         ray.init(address=ray_address, include_dashboard=False, log_to_driver=verbose)

@@ -53,6 +53,9 @@ class WandbLogger:
             if train.get("loss") is not None:
                 data["train/loss"] = train["loss"]
             data["train/failures"] = train.get("failures", 0)
+            for name in ("uplink_bytes", "downlink_bytes", "cumulative_uplink_bytes"):
+                if name in train:
+                    data[f"comm/{name}"] = train[name]
             used = train.get("bits_used", {})
             for setting, steps in used.items():
                 data[f"train/bits_used/{setting}"] = steps
