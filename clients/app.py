@@ -18,10 +18,12 @@ from fedquant.experiment.workspace import (
     select_device,
 )
 from fedquant.federation import protocol as P
+from fedquant.federation.attacks import attack_from_record, attacked_model, malform
 from fedquant.federation.bitwidths import parse_setting, setting_source
 from fedquant.learning.local_training import TrainConfig, train_local
 from fedquant.models.state import float_state, load_float_state
 from fedquant.models.width import extract
+from fedquant.quant.scheme import Scheme, set_scheme
 from fedquant.runtime.allocator import retain_freed_memory
 
 from .links import compressed, received_state, reply_arrays
@@ -92,6 +94,7 @@ def handle_train(setup: ClientSetup, msg: Message, node_index: int = -1, own_par
     if width < 1:  # HeteroFL: the first ceil(width * C) channels of every hidden layer
         state = extract(state, float_state(model))
     load_float_state(model, state)
+    set_scheme(model, P.received_scheme(cfg, Scheme.of(dict(setup.model.quant))))  # the profile's, on the cached model
     next_setting = setting_source(str(cfg[P.SAMPLING]), [parse_setting(s) for s in cfg[P.SETTINGS]], seed)
     frozen = None
     if P.FROZEN in msg.content.array_records:
@@ -103,16 +106,21 @@ def handle_train(setup: ClientSetup, msg: Message, node_index: int = -1, own_par
     except Exception as err:
         raise RuntimeError(f"client {client}: {type(err).__name__}: {err}") from err
     received, state = state, {k: v.cpu() for k, v in float_state(model).items()}
+    attack = attack_from_record(cfg)  # simulation only: the server picked this client to attack
+    if attack is not None:
+        state = attacked_model(state, {k: v.cpu() for k, v in received.items()}, attack, seed)
     if cfg.get(P.INJECT_NAN, False):
         state = {k: torch.full_like(v, float("nan")) for k, v in state.items()}
     if links:
         state = reply_arrays(state, received, cfg, client, setup.state_dir)
-    metrics = MetricRecord({P.NUM_EXAMPLES: result.num_examples, P.TRAIN_LOSS: result.loss,
-                            P.PARTITION: client, P.BITS_HIST: P.encode_bits(result.bits_used),
-                            P.TRAIN_SECONDS: time.perf_counter() - start,
-                            P.TRAIN_CPU_SECONDS: time.thread_time() - cpu_start, P.NODE_INDEX: node_index,
-                            P.TRACKED_STEPS: result.oscillations.steps if result.oscillations else 0})
-    content = RecordDict({P.ARRAYS: ArrayRecord(state), P.METRICS: metrics})
+    metrics = {P.NUM_EXAMPLES: result.num_examples, P.TRAIN_LOSS: result.loss,
+               P.PARTITION: client, P.BITS_HIST: P.encode_bits(result.bits_used),
+               P.TRAIN_SECONDS: time.perf_counter() - start,
+               P.TRAIN_CPU_SECONDS: time.thread_time() - cpu_start, P.NODE_INDEX: node_index,
+               P.TRACKED_STEPS: result.oscillations.steps if result.oscillations else 0}
+    if attack is not None and attack.malformation:
+        state, metrics = malform(state, metrics, attack.malformation)
+    content = RecordDict({P.ARRAYS: ArrayRecord(state), P.METRICS: MetricRecord(metrics)})
     if result.oscillations is not None:
         content[P.OSCILLATIONS] = ArrayRecord(oscillation_arrays(result.oscillations))
     return Message(content, reply_to=msg)

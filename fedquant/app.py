@@ -146,7 +146,10 @@ class Experiment:
                                        on_too_few=strat["on_too_few_replies"], max_retries=strat["max_retries"],
                                        client_work=[len(c) for c in self.fed.clients],
                                        on_report=self.history.record_train, on_replies=self.reporter.clients,
-                                       links=links(cfg, model_spec, self.fed.data), **strat["server_options"])
+                                       links=links(cfg, model_spec, self.fed.data),
+                                       partition_sizes=[len(c) for c in self.fed.clients], dp=strat["dp"],
+                                       dp_options=strat["dp_options"], client_lr=float(cfg["client"]["lr"]),
+                                       **strat["server_options"])
         self.offset, self.initial_state = 0, float_state(model)
         self.initialized = None if self.resumed else load_init(cfg, self.initial_state)
         if self.initialized:
@@ -216,7 +219,9 @@ class Experiment:
         self._plots = write_outputs(results, self.output_dir, fed.label_histogram())
         self.results = results
         self.reporter.final_table(results["rounds"], [setting_name(s) for s in self.settings],
-                                  results["per_profile"], wall_time, str(self.output_dir), results["protocol"])
+                                  results["per_profile"], wall_time, str(self.output_dir), results["protocol"],
+                                  results["per_profile_model_bytes"],
+                                  {p.name: p.scheme.label for p in self.plan.profiles if p.scheme})
         return results
 
     def close(self) -> None:

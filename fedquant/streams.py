@@ -25,6 +25,9 @@ class Stream(enum.IntEnum):
     NAN = 9  # simulation-only fault injection: client replies NaN
     VALIDATION = 10  # which server hold-out images are validation (the rest calibrate)
     CALIBRATION_DRAW = 11  # reevaluate: random calibration subsets (sensitivity to the draw)
+    ATTACK = 12  # simulation-only fault injection: which sampled clients attack (faults.attack)
+    MALFORMATION = 13  # faults.attack=malformed: how an attacker's reply breaks the protocol
+    DP_NOISE = 14  # strategy.dp: the server's Gaussian noise (and adaptive clipping's noisy count)
 
 
 def stream_rng(seed: int, stream: Stream, *keys: int) -> np.random.Generator:

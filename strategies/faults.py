@@ -1,11 +1,9 @@
-"""Fault handling for a round's replies: failed clients named, non-finite values stop the run."""
+"""Fault handling for a round's replies: failed clients named; a diverged federation (every reply
+non-finite) or a non-finite aggregate stops the run."""
 
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Message
-
-from fedquant.federation import protocol as P
 
 
 class TooFewReplies(RuntimeError):
@@ -31,29 +29,21 @@ def is_finite(arrays) -> bool:
     return all(np.isfinite(a.numpy()).all() for a in arrays.values())
 
 
-def stop_if_nonfinite(server_round: int, replies: list[Message], check_weights: bool) -> None:
-    """Raise :class:`DivergenceError` naming every client whose loss (or weights) is NaN/Inf."""
-    bad = []
-    for reply in replies:
-        m = reply.content.metric_records[P.METRICS]
-        what = []
-        if not np.isfinite(float(m[P.TRAIN_LOSS])):
-            what.append(f"loss {float(m[P.TRAIN_LOSS])}")
-        if check_weights and not is_finite(reply.content.array_records[P.ARRAYS]):
-            what.append("weights")
-        if what:
-            bad.append(f"client {int(m[P.PARTITION])} ({', '.join(what)})")
-    if bad:
-        raise DivergenceError(f"round {server_round}: non-finite values from {', '.join(bad)}; stopping, this round's "
-                              "global model is discarded (lower client.lr, or check those clients' data)")
+def stop_if_all_non_finite(server_round: int, answered: int, non_finite: list[str]) -> None:
+    """Raise :class:`DivergenceError` when every one of the ``answered`` clients that replied sent
+    NaN/Inf (``non_finite``: each named with what): the federation diverged, not one client. (One
+    client's non-finite reply among finite ones is that client's rejected reply.)"""
+    if answered and len(non_finite) == answered:
+        raise DivergenceError(f"round {server_round}: non-finite values from every client that replied: "
+                              f"{'; '.join(non_finite)}; stopping, this round's global model is discarded "
+                              "(lower client.lr, or check those clients' data)")
 
 
-def stop_if_diverged(server_round: int, aggregate, replies: list[Message], server_name: str) -> None:
+def stop_if_diverged(server_round: int, aggregate, server_name: str) -> None:
     """Raise :class:`DivergenceError` when the aggregated ``aggregate`` (an ArrayRecord or None)
-    has NaN/Inf values. NaN/Inf in any reply's weights propagates into the (weighted) aggregate,
-    so the replies are only scanned, to name the clients, when the aggregate is not finite."""
+    has NaN/Inf values. Every aggregated reply was finite (non-finite replies are rejected), so
+    this is the server's own step overflowing (e.g. a scaled update under a server optimizer)."""
     if aggregate is None or is_finite(aggregate):
         return
-    stop_if_nonfinite(server_round, replies, check_weights=True)
     raise DivergenceError(f"round {server_round}: the aggregated global model has NaN/Inf values "
-                          f"(strategy.server={server_name}); stopping")
+                          f"(strategy.server={server_name}); stopping, this round's global model is discarded")

@@ -64,23 +64,16 @@ def link_config(links: Links, server_round: int, keep_from: int) -> dict:
             P.UPLINK_SEND: up.send, P.ERROR_FEEDBACK: up.error_feedback, P.STATE_KEEP_FROM: keep_from}
 
 
-def decode_replies(replies: list[Message], received: Mapping[str, torch.Tensor] | None, width_of: Callable[[int], float],
-                   links: Links, arrays_key: str) -> dict[int, int]:
-    """Replace each reply's arrays by the client's model (``received``: the model clients decoded
-    this round; a sub-model client's is cut to its width) and return the uplink bytes per client:
-    every array in its reply, as received."""
-    sent_bytes = {}
-    for reply in replies:
-        client = int(reply.content.metric_records[P.METRICS][P.PARTITION])
-        sent_bytes[client] = record_bytes(*reply.content.array_records.values())
-        if links.uplink.codec.off:
-            continue
-        width = width_of(client)
-        reference = dict(received)
-        if width < 1:
-            if links.templates is None:
-                raise ValueError("a compressed uplink with width profiles needs the sub-models' templates")
-            reference = extract(received, links.templates(width))
-        arrays = reply.content.array_records[arrays_key].to_torch_state_dict()
-        reply.content[arrays_key] = ArrayRecord(server_state(arrays, reference, links.uplink))
-    return sent_bytes
+def decode_reply(reply: Message, received: Mapping[str, torch.Tensor] | None, width: float, links: Links,
+                 arrays_key: str) -> None:
+    """Replace the reply's arrays by the client's model (``received``: the model clients decoded
+    this round; a sub-model client's is cut to its ``width``). Nothing to do with the uplink off."""
+    if links.uplink.codec.off:
+        return
+    reference = dict(received)
+    if width < 1:
+        if links.templates is None:
+            raise ValueError("a compressed uplink with width profiles needs the sub-models' templates")
+        reference = extract(received, links.templates(width))
+    arrays = reply.content.array_records[arrays_key].to_torch_state_dict()
+    reply.content[arrays_key] = ArrayRecord(server_state(arrays, reference, links.uplink))

@@ -9,14 +9,21 @@ done in a module of its own:
   shared training record into one Message per sampled client, carrying its partition,
   bit-widths, seed and the round's learning rate, dealt out over the connected nodes (in
   deployment: sent to the node holding it);
-- replies (:mod:`strategies.replies`): failed replies are dropped and named; with fewer than
-  ``min_replies`` successes the round is retried with a fresh sample (``on_too_few="retry"``,
-  up to ``max_retries``) or the run stops; the replies, in partition order, become a
-  :class:`RoundReport` handed to ``on_report``; non-finite losses or weights stop the run
-  (:class:`DivergenceError`, :mod:`strategies.faults`) and that round's global model is discarded;
+- replies (:mod:`strategies.replies`): failed replies are dropped and named; every other reply
+  is checked (:mod:`strategies.validation`: the arrays sent, their shapes and dtypes, finite
+  values, an honest metric record) and a malformed one is rejected as that client's failure,
+  with its reason; with fewer than ``min_replies`` accepted (at least what the aggregator's rule
+  needs, :func:`fedquant.federation.aggregators.min_replies`) the round is retried with a fresh
+  sample (``on_too_few="retry"``, up to ``max_retries``) or the run stops; the replies, in
+  partition order, become a :class:`RoundReport` handed to ``on_report``; NaN/Inf from every
+  client of a round, or in the aggregate, stops the run (:class:`DivergenceError`,
+  :mod:`strategies.faults`) and that round's global model is discarded;
 - sub-models (:mod:`strategies.sub_models`): with width profiles (HeteroFL) the replies'
   sub-models are expanded so that Flower's average becomes each entry's average over the
   clients holding it;
+- privacy (:mod:`strategies.privacy`): with ``dp``, Flower's server-side DP wrapper runs around
+  Flower's own aggregation step (clipping the checked, decoded, full-shape replies, noising the
+  aggregate), seeded per round;
 - oscillations (:mod:`strategies.oscillation`): with ``client.freeze_threshold``, pool the
   clients' oscillation counts, freeze the weights that oscillate too often and keep them frozen
   in the aggregate (:mod:`fedquant.federation.freezing` states the design);
@@ -40,8 +47,9 @@ from fedquant.federation.plan import TrainingPlan
 from fedquant.federation.reports import RoundReport
 
 from .faults import stop_if_diverged
-from .links import Links, decode_replies
+from .links import Links
 from .oscillation import freeze_oscillating, pop_oscillations
+from .privacy import FlowerSteps, Privacy
 from .replies import (
     RetryPolicy,
     in_partition_order,
@@ -54,6 +62,7 @@ from .reply_progress import CountingGrid
 from .sending import RoundInFlight, client_messages, dispatch_order, shared_record
 from .server_state import check_server_state, export_server_state, import_server_state
 from .sub_models import fill_sub_models
+from .validation import ReplyCheck
 
 ReportSink = Callable[[int, RoundReport], None]
 ProgressSink = Callable[[int, int, int], None]  # on_replies(round, done, sent)
@@ -78,7 +87,9 @@ class QuantAwareMixin:
 
     def __init__(self, *, plan: TrainingPlan, server_name: str, min_replies: int = 1, on_too_few: str = "retry",
                  max_retries: int = 3, client_work: list[int] | None = None, on_report: ReportSink | None = None,
-                 on_replies: ProgressSink | None = None, links: Links | None = None, **kwargs) -> None:
+                 on_replies: ProgressSink | None = None, links: Links | None = None,
+                 partition_sizes: list[int] | None = None, dp: str = "none", dp_options: dict | None = None,
+                 **kwargs) -> None:
         flwr_logger = logging.getLogger("flwr")
         level = flwr_logger.level
         flwr_logger.setLevel(logging.ERROR)  # silence "fraction_evaluate is 0": the server evaluates
@@ -100,6 +111,10 @@ class QuantAwareMixin:
         self._node_index: dict[int, int] = {}  # node id -> its index in the engine, from replies
         oscillation = plan.oscillation
         self.freeze = FreezeState(oscillation) if oscillation is not None and oscillation.freezing else None
+        self.check = ReplyCheck(plan, self.links, self.arrayrecord_key, partition_sizes, self.freeze is not None)
+        self.flower: FlowerSteps | Privacy = FlowerSteps(super())  # Flower's own configure/aggregate_train
+        if dp != "none":
+            self.flower = Privacy(dp, dp_options or {}, self.flower, plan.clients_per_round, plan.seed)
 
     # -- resuming -----------------------------------------------------------------------------
     def resume_at(self, server_round: int, server_state: dict) -> None:
@@ -109,14 +124,19 @@ class QuantAwareMixin:
         freezing = server_state.pop("freezing", None)
         if self.freeze is not None and freezing is not None:
             self.freeze.load(freezing)
+        privacy = server_state.pop("dp", None)
+        if isinstance(self.flower, Privacy) and privacy is not None:
+            self.flower.load(privacy)
         import_server_state(self, server_state)
 
     def server_state(self) -> dict:
-        """Flower's server-optimizer state (and the freezing state) as tensors, for a
-        weights-only checkpoint."""
+        """Flower's server-optimizer state (and the freezing and adaptive-clipping state) as
+        tensors, for a weights-only checkpoint."""
         state = export_server_state(self)
         if self.freeze is not None:
             state["freezing"] = self.freeze.to_dict()
+        if isinstance(self.flower, Privacy) and (privacy := self.flower.state()):
+            state["dp"] = privacy
         return state
 
     def assign_nodes(self, node_of: dict[int, int]) -> None:
@@ -147,7 +167,7 @@ class QuantAwareMixin:
         """One training Message per sampled client for the round in flight (a fresh sample per
         retry), built from Flower's own messages (:func:`~strategies.sending.client_messages`)."""
         job = self.in_flight
-        flower_messages = list(super().configure_train(job.server_round, job.arrays, job.config, job.grid))
+        flower_messages = list(self.flower.configure_train(job.server_round, job.arrays, job.config, job.grid))
         shared = shared_record(flower_messages, type(self).__name__)
         messages, clients = dispatch_order(flower_messages, self.plan.sample_clients(job.server_round, attempt),
                                            self._node_index, self.client_work)
@@ -161,31 +181,31 @@ class QuantAwareMixin:
         if self.in_flight is None or self.in_flight.server_round != r:  # called without configure_train
             self.in_flight = RoundInFlight(r, ArrayRecord(), ConfigRecord(), None)
         report = RoundReport()
-        good = self.enough_replies(replies, report)
+        good = self.enough_replies(replies, report)  # checked, counted and decoded
         job = self.in_flight
-        uplink_bytes = decode_replies(good, job.received, self.plan.width, self.links, self.arrayrecord_key)
         oscillations = pop_oscillations(good)  # before Flower's check of one ArrayRecord per reply
-        round_report(r, good, report, self.plan, self._node_index)
+        round_report(good, report, self.plan, self._node_index)
         for c in report.clients:
-            c.uplink_bytes, c.downlink_bytes = uplink_bytes[c.partition], job.downlink_bytes.get(c.partition, 0)
+            c.uplink_bytes, c.downlink_bytes = job.uplink_bytes[c.partition], job.downlink_bytes.get(c.partition, 0)
         if self.plan.has_widths and good:
             fill_sub_models(good, self.in_flight.arrays, self.arrayrecord_key)
-        arrays, _ = super().aggregate_train(r, good)
+        arrays, _ = self.flower.aggregate_train(r, good)
         if arrays is not None and self.freeze is not None:
             freeze_oscillating(self.freeze, arrays, *oscillations, report)
-        stop_if_diverged(r, arrays, good, self.server_name)
+        stop_if_diverged(r, arrays, self.server_name)
         if self.on_report is not None:
             self.on_report(r, report)
         return arrays, train_metrics(report)
 
     def enough_replies(self, replies: Iterable[Message], report: RoundReport) -> list[Message]:
-        """The round's successful replies in partition order, the round sent again to fresh
-        samples while fewer than ``min_replies`` succeeded (failures go to ``report``)."""
+        """The round's accepted replies in partition order, the round sent again to fresh
+        samples while fewer than ``min_replies`` were accepted (failures and rejected replies go
+        to ``report``)."""
         job = self.in_flight
 
-        def resend(attempt: int) -> Iterable[Message]:
-            return job.grid.send_and_receive(self.node_messages(attempt))
+        def resend(attempt: int) -> list[Message]:
+            return successful_replies(job.grid.send_and_receive(self.node_messages(attempt)), report, job, self.check)
 
-        good = retry_until_enough(successful_replies(replies, report, job), report, job, self.retry,
+        good = retry_until_enough(successful_replies(replies, report, job, self.check), report, job, self.retry,
                                   self.plan.clients_per_round, resend)
         return in_partition_order(good)

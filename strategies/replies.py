@@ -1,5 +1,6 @@
-"""What the server makes of a round's replies: failures dropped and named, the round retried
-while too few succeeded, and the successful replies turned into the round's report."""
+"""What the server makes of a round's replies: failures dropped and named, malformed replies
+rejected (:mod:`strategies.validation`), the round retried while too few succeeded, and the
+accepted replies turned into the round's report."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from fedquant.federation import protocol as P
 from fedquant.federation.plan import TrainingPlan
 from fedquant.federation.reports import ClientReport, RoundReport
 
-from .faults import TooFewReplies, failure_reason, stop_if_nonfinite
+from .faults import TooFewReplies, failure_reason, stop_if_all_non_finite
 from .sending import RoundInFlight
+from .validation import ReplyCheck
 
 
 @dataclass(frozen=True)
@@ -27,12 +29,22 @@ class RetryPolicy:
     max_retries: int = 3
 
 
-def successful_replies(replies: Iterable[Message], report: RoundReport, job: RoundInFlight) -> list[Message]:
-    """The replies without an error; each failure is added to ``report`` by client id."""
-    good = []
+def successful_replies(replies: Iterable[Message], report: RoundReport, job: RoundInFlight,
+                       check: ReplyCheck | None = None) -> list[Message]:
+    """The replies without an error that pass ``check``; each failure or rejection is added to
+    ``report`` by client id. Raises :class:`~strategies.faults.DivergenceError` when every reply
+    was rejected for NaN/Inf alone."""
+    good, accepted, answered, non_finite = [], set(), 0, []
     for reply in replies:
         if not reply.has_error():
-            good.append(reply)
+            answered += 1
+            rejection = check.accept(reply, job, accepted) if check is not None else None
+            if rejection is None:
+                good.append(reply)
+                continue
+            report.failures.append(str(rejection))
+            if rejection.non_finite:
+                non_finite.append(f"{rejection.who} ({rejection.reason})")
             continue
         reason = failure_reason(reply.error.reason)
         if not reason.startswith("client "):  # the ClientApp names its client; a lost node cannot
@@ -42,13 +54,14 @@ def successful_replies(replies: Iterable[Message], report: RoundReport, job: Rou
                 f"node {node}" + (f" (clients {', '.join(map(str, clients))})" if clients else "")
             reason = f"{who}: {reason}"
         report.failures.append(reason)
+    stop_if_all_non_finite(job.server_round, answered, non_finite)
     return good
 
 
 def retry_until_enough(good: list[Message], report: RoundReport, job: RoundInFlight, policy: RetryPolicy,
                        clients_per_round: int, resend: Callable[[int], Iterable[Message]]) -> list[Message]:
-    """Send the round again (``resend(attempt)``: the replies to a fresh sample) while fewer than
-    ``policy.min_replies`` succeeded."""
+    """Send the round again (``resend(attempt)``: the accepted replies of a fresh sample) while
+    fewer than ``policy.min_replies`` were accepted."""
     attempt = 0
     while len(good) < policy.min_replies:
         summary = (f"round {job.server_round}: {len(good)} of {clients_per_round} clients replied, "
@@ -62,7 +75,7 @@ def retry_until_enough(good: list[Message], report: RoundReport, job: RoundInFli
         report.retries = attempt
         logging.getLogger("fedquant").warning("%s; retrying with a new sample (%d/%d)", summary, attempt,
                                               policy.max_retries)
-        good = successful_replies(resend(attempt), report, job)
+        good = list(resend(attempt))
     return good
 
 
@@ -71,11 +84,9 @@ def in_partition_order(replies: list[Message]) -> list[Message]:
     return sorted(replies, key=lambda m: int(m.content.metric_records[P.METRICS][P.PARTITION]))
 
 
-def round_report(server_round: int, good: list[Message], report: RoundReport, plan: TrainingPlan,
-                 node_index: dict[int, int]) -> None:
-    """Add the successful replies to ``report`` (stopping on a non-finite loss) and learn each
-    node's engine index into ``node_index`` (for :func:`~strategies.sending.dispatch_order`)."""
-    stop_if_nonfinite(server_round, good, check_weights=False)  # losses: scalars, cheap
+def round_report(good: list[Message], report: RoundReport, plan: TrainingPlan, node_index: dict[int, int]) -> None:
+    """Add the accepted replies to ``report`` and learn each node's engine index into
+    ``node_index`` (for :func:`~strategies.sending.dispatch_order`)."""
     for reply in good:
         m = reply.content.metric_records[P.METRICS]
         index = int(m.get(P.NODE_INDEX, -1))

@@ -10,6 +10,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from fedquant.federation import protocol as P
+from fedquant.federation.attacks import attack_record
 from fedquant.federation.freezing import FreezeState
 from fedquant.federation.plan import TrainingPlan
 
@@ -27,6 +28,7 @@ class RoundInFlight:
     grid: object | None  # Flower's Grid; None when aggregate_train is called without one
     node_clients: dict[int, list[int]] = field(default_factory=dict)  # node id -> the clients sent to it
     downlink_bytes: dict[int, int] = field(default_factory=dict)  # client -> the payload it was sent
+    uplink_bytes: dict[int, int] = field(default_factory=dict)  # client -> the payload of its reply, as received
     received: dict | None = None  # the model the clients decode from the broadcast (compressed links)
 
 
@@ -108,9 +110,9 @@ def client_messages(job: RoundInFlight, plan: TrainingPlan, shared: RecordDict, 
         node_config = ConfigRecord({
             **dict(shared.config_records[config_key]), **settings,
             P.PARTITION: client, P.SAMPLING: sampling, P.SETTINGS: bit_settings, P.WIDTH: plan.width(client),
-            P.SEED: plan.client_seed(r, client),
+            **P.scheme_record(plan.scheme_of(client)), P.SEED: plan.client_seed(r, client),
             P.INJECT_FAILURE: plan.injects_failure(r, client, attempt),
-            P.INJECT_NAN: plan.injects_nan(r, client),
+            P.INJECT_NAN: plan.injects_nan(r, client), **attack_record(plan.attack(r, client)),
         })
         content = RecordDict({arrays_key: arrays, config_key: node_config})
         if frozen is not None:

@@ -3,7 +3,8 @@ tensors and back, so a weights-only checkpoint can hold it and a resume continue
 
 Flower keeps this state in plain instance attributes, not a public API, so the attributes each
 supported class keeps are declared here (:data:`OPTIMIZER_STATE`, read from flwr 1.42's
-``serverapp/strategy/fedavgm.py``, ``fedopt.py`` and ``fedadam.py``) and checked: an attribute
+``serverapp/strategy/fedavgm.py``, ``fedopt.py``, ``fedadam.py``, ``fedyogi.py``, ``fedadagrad.py``
+and ``qfedavg.py``; the robust aggregators keep nothing between rounds) and checked: an attribute
 that is absent (renamed upstream) or holds another kind of value raises
 :class:`~strategies.flower_compat.FlowerMismatch`, instead of silently leaving the checkpoint
 without it. An attribute that holds ``None`` is not set yet (before the first round) and is left
@@ -15,7 +16,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
+from flwr.serverapp.strategy import (
+    Bulyan,
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    MultiKrum,
+    QFedAvg,
+)
 
 from .flower_compat import flower_mismatch
 
@@ -25,6 +39,10 @@ OPTIMIZER_STATE: dict[type, dict[str, type]] = {
     FedProx: {},  # proximal_mu goes to the clients; the server keeps nothing between rounds
     FedAvgM: {"current_arrays": ArrayRecord, "momentum_vector": list},  # list of numpy arrays
     FedAdam: {"current_arrays": dict, "m_t": dict, "v_t": dict},  # FedOpt's (name -> numpy array) + v_t
+    FedYogi: {"current_arrays": dict, "m_t": dict, "v_t": dict},  # the same FedOpt moments, Yogi's v_t update
+    FedAdagrad: {"current_arrays": dict, "m_t": dict, "v_t": dict},  # beta_1 = 0: m_t is the last delta; v_t sums
+    FedMedian: {}, FedTrimmedAvg: {}, Krum: {}, MultiKrum: {}, Bulyan: {},  # order statistics / selection per round
+    QFedAvg: {"current_arrays": ArrayRecord},  # the round's global model, set again by every configure_train
 }
 _TAGS = {ArrayRecord: "record", dict: "dict", list: "list"}  # how each kind is stored in a checkpoint
 

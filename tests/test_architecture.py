@@ -45,6 +45,7 @@ def test_import_contracts_are_kept():
     ("fedquant/tune/_probe.py", "import ray\n", "fedquant.tune never imports Flower, Ray or W&B"),
     ("fedquant/tune/trial.py", "import fedquant.app\n", "fedquant.tune never imports Flower, Ray or W&B"),
     ("fedquant/runtime/_probe.py", "import fedquant.tune.space\n", "layers"),
+    ("fedquant/deploy/_probe.py", "import flwr.cli\n", "fedquant.deploy (credentials for a secured Deployment Engine) needs only"),
 ])
 def test_a_broken_rule_fails_the_check(tmp_path, module, line, contract):
     """The same contracts on a copy of the tree with one forbidden import added (appended to an

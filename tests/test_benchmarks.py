@@ -126,3 +126,38 @@ def test_headline_pair_chooses_each_sides_option_per_setting_on_validation_only(
     assert choose(options, "w2a2") == "tuned"
     assert choose(options, "fp") == "basic"  # the only option that evaluated fp
     assert choose(options, "w4a4") is None
+
+
+def test_study_figures_are_the_last_evaluations_and_the_table_pairs_them(tmp_path):
+    from benchmarks.studies.figures import collect, table
+
+    def write(arm: str, seed: int, accuracies: list[float]) -> None:
+        rounds = [{"round": 0, "eval": {"w2a2": {"accuracy": 0.1}}}]
+        rounds += [{"round": 5 * (i + 1), "eval": {"w2a2": {"accuracy": a}}, "validation": {"w2a2": {"accuracy": a - 0.01}}}
+                   for i, a in enumerate(accuracies)]
+        job = tmp_path / "root" / arm / str(seed)
+        job.mkdir(parents=True)
+        (job / "results.json").write_text(json.dumps({"rounds": rounds, "wall_time_s": 10.0,
+                                                      "protocol": {"ptq": "basic", "weight_range": "max"}}))
+
+    for seed, (a, b) in enumerate([(0.80, 0.70), (0.82, 0.71), (0.81, 0.73)]):
+        write("qat", seed, [0.5, a - 0.01, a, a + 0.01])  # last 3: mean a
+        write("ptq", seed, [0.5, b, b, b])
+    path = collect(tmp_path / "root", [], tmp_path / "data" / "fig", last=3)
+    rows = path.read_text().splitlines()
+    assert rows[0] == "arm,seed,split,setting,figure,rounds,ptq,training_wall_time_s"
+    assert "qat,0,test,w2a2,0.800000,10;15;20,basic max,10.0" in rows
+    assert json.loads((tmp_path / "data" / "fig.env.json").read_text())["versions"]["torch"].startswith("2.")
+    text = table(path, [("qat", "ptq")], ["w2a2"])
+    # d = 0.10, 0.11, 0.08: mean 9.67 points, s_d = 1.528, t_{0.975,2} = 4.303 -> +-3.79
+    assert "| qat | 81.00 ± 1.00 (80.00) n=3 |" in text
+    assert "| qat - ptq | +9.67 [+5.87, +13.46] A > B (n=3) |" in text
+    for seed, c in enumerate([0.60, 0.90, 0.75]):  # best on test (0.75), worse on validation
+        write("lucky", seed, [0.5, 0.3, 0.3, 0.3])
+        rounds = json.loads((tmp_path / "root" / "lucky" / str(seed) / "results.json").read_text())
+        for r in rounds["rounds"][1:]:
+            r["eval"]["w2a2"]["accuracy"] = c
+        (tmp_path / "root" / "lucky" / str(seed) / "results.json").write_text(json.dumps(rounds))
+    path = collect(tmp_path / "root", [], tmp_path / "data" / "fig", last=3)
+    text = table(path, [("best", "ptq")], ["w2a2"], {"best": ["lucky", "qat"]})
+    assert "| best | 81.00 ± 1.00 (80.00) n=3 |" in text and "best w2a2: qat (validation 80.00)" in text

@@ -7,14 +7,17 @@ import json
 import os
 import re
 import socket
+import stat
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
 import psutil
 import pytest
 
+from fedquant.deploy.certificates import write_credentials
 from fedquant.flower_app import compose_config, hydra_overrides, superlink_pid
 from tests.helpers import make_config, strip_seconds
 
@@ -55,30 +58,77 @@ def test_superlink_pid_is_the_flower_superlink_the_serverapp_runs_under():
     assert superlink_pid() is None  # pytest runs under no SuperLink
 
 
-def test_readme_loopback_recipe_writes_the_config_where_flwr_reads_it(tmp_path, monkeypatch):
-    """The recipe's config lines, run twice, add the `loopback` connection to
-    $FLWR_HOME/config.toml (not ~/.flwr) and keep Flower's own default connection and valid TOML."""
-    [block] = [b for b in re.findall(r"```bash\n(.+?)\n```", (ROOT / "README.md").read_text(), flags=re.S)
-               if "flower-superlink" in b]
-    config_lines = [line for line in block.splitlines()
-                    if not line.startswith(("flower-superlink", "flower-supernode", "flwr run", "echo", "kill"))]
-    assert any("config.toml" in line for line in config_lines)
+def readme_recipes() -> dict[str, str]:
+    """The README's two Deployment Engine recipes, by the connection each writes: `secure` (TLS and
+    SuperNode authentication) and `loopback` (--insecure, local experiments)."""
+    blocks = [b for b in re.findall(r"```bash\n(.+?)\n```", (ROOT / "README.md").read_text(), flags=re.S)
+              if "flower-superlink" in b]
+    recipes = {re.search(r"flwr run \. (\w+)", b).group(1): b for b in blocks}
+    assert sorted(recipes) == ["loopback", "secure"] and len(blocks) == 2
+    return recipes
+
+
+def run_config_lines(block: str, tmp_path: Path) -> tuple[Path, Path]:
+    """Run a recipe's lines that need no SuperLink (credentials, Flower's config) twice, with HOME
+    and FLWR_HOME in tmp_path; returns (HOME, FLWR_HOME)."""
+    lines = [line for line in block.splitlines()
+             if not line.startswith(("flower-superlink", "flower-supernode", "flwr run", "flwr supernode", "echo",
+                                     "kill"))]
+    assert any("config.toml" in line for line in lines)
     home, flwr_home = tmp_path / "home", tmp_path / "flwr-home"
     home.mkdir()
     env = {**os.environ, "HOME": str(home), "FLWR_HOME": str(flwr_home), "FLWR_DISABLE_UPDATE_CHECK": "1",
-           "PATH": f"{FLWR.parent}{os.pathsep}{os.environ['PATH']}"}
+           "PATH": f"{FLWR.parent}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
     for _ in range(2):
-        proc = subprocess.run(["bash", "-euc", "\n".join(config_lines)], env=env, capture_output=True, text=True,
+        proc = subprocess.run(["bash", "-euc", "\n".join(lines)], env=env, capture_output=True, text=True,
                               timeout=120)
         assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not (home / ".flwr").exists()
+    return home, flwr_home
+
+
+def test_readme_loopback_recipe_writes_the_config_where_flwr_reads_it(tmp_path, monkeypatch):
+    """The insecure recipe's config lines, run twice, add the `loopback` connection to
+    $FLWR_HOME/config.toml (not ~/.flwr) and keep Flower's own default connection and valid TOML;
+    every Flower process in it says --insecure (local experiments only)."""
+    block = readme_recipes()["loopback"]
+    assert all("--insecure" in line for line in block.splitlines() if line.startswith("flower-"))
+    _, flwr_home = run_config_lines(block, tmp_path)
     config = tomllib.loads((flwr_home / "config.toml").read_text())
     assert config["superlink"]["default"] == "local"  # a plain `flwr run .` still simulates locally
     assert config["superlink"]["loopback"] == {"address": "127.0.0.1:9091", "insecure": True}
-    assert not (home / ".flwr").exists()
     from flwr.cli.flower_config import read_superlink_connection
     monkeypatch.setenv("FLWR_HOME", str(flwr_home))
     loopback = read_superlink_connection("loopback")
     assert (loopback.address, loopback.insecure) == ("127.0.0.1:9091", True)
+
+
+SUPERLINK_TLS_FLAGS = ("--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile", "--enable-supernode-auth")
+SUPERNODE_AUTH_FLAGS = ("--root-certificates", "--auth-supernode-private-key")
+
+
+def test_readme_secured_recipe_makes_credentials_and_a_tls_connection(tmp_path, monkeypatch):
+    """The secured recipe's credential and config lines, run twice, write the credentials once and a
+    `secure` connection that trusts the local CA; its SuperLink and SuperNodes take the flags the
+    secured loopback test below starts them with, and none says --insecure."""
+    block = readme_recipes()["secure"]
+    assert "--insecure" not in block
+    [link] = [line for line in block.splitlines() if line.startswith("flower-superlink")]
+    nodes = [line for line in block.splitlines() if line.startswith("flower-supernode")]
+    assert all(flag in link for flag in SUPERLINK_TLS_FLAGS) and len(nodes) == 2
+    assert all(flag in node for node in nodes for flag in SUPERNODE_AUTH_FLAGS)
+    assert sum(line.startswith("flwr supernode register") for line in block.splitlines()) == 2
+    home, flwr_home = run_config_lines(block, tmp_path)
+    creds = home / "fedquant-federation"
+    assert (creds / "supernode-1.pub").exists() and stat.S_IMODE((creds / "ca.key").stat().st_mode) == 0o600
+    config = tomllib.loads((flwr_home / "config.toml").read_text())
+    assert config["superlink"]["default"] == "local"
+    assert config["superlink"]["secure"] == {"address": "127.0.0.1:9091", "root-certificates": str(creds / "ca.crt")}
+    from flwr.cli.flower_config import read_superlink_connection
+    monkeypatch.setenv("FLWR_HOME", str(flwr_home))
+    secure = read_superlink_connection("secure")
+    assert (secure.address, secure.insecure, secure.root_certificates) == ("127.0.0.1:9091", False,
+                                                                           str(creds / "ca.crt"))
 
 
 @contextlib.contextmanager
@@ -130,42 +180,103 @@ def test_flwr_run_gives_the_numbers_of_the_command_line(tmp_path):
     assert not superlinks(control)  # the SuperLink it caused to start is stopped
 
 
+@contextlib.contextmanager
+def flower_processes(env: dict, logs: Path):
+    """start(name, argv) runs a Flower process with its output in logs/<name>.log; on exit every
+    process started is killed, with the SuperExec each one started (which can outlive its parent
+    for a few seconds: found by its --parent-pid)."""
+    started: list[subprocess.Popen] = []
+
+    def start(name: str, argv: list) -> subprocess.Popen:
+        with (logs / f"{name}.log").open("wb") as log:
+            started.append(subprocess.Popen([str(a) for a in argv], env=env, stdout=log, stderr=subprocess.STDOUT))
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        parents, procs = {str(p.pid) for p in started}, []
+        for p in started:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                procs += psutil.Process(p.pid).children(recursive=True) if p.poll() is None else []
+        for p in started:
+            p.kill()
+        for proc in psutil.process_iter(["cmdline"]):
+            cmd = proc.info["cmdline"] or []
+            if "--parent-pid" in cmd[:-1] and cmd[cmd.index("--parent-pid") + 1] in parents:
+                procs.append(proc)
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        psutil.wait_procs(procs, timeout=15)
+        for p in started:
+            p.wait(timeout=15)
+
+
+def wait_for_line(log: Path, text: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text(errors="replace"):
+        assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+        assert time.monotonic() < deadline, f"no {text!r} within {timeout} s: " + log.read_text(errors="replace")[-3000:]
+        time.sleep(0.5)
+
+
 @pytest.mark.slow
-def test_deployment_engine_on_loopback_with_node_owned_partitions(tmp_path):
-    """A SuperLink and two SuperNodes on 127.0.0.1, each holding its own data partition
-    (--node-config), and `flwr run . loopback` with data-placement=node: the same numbers as the
-    command line, which deals the same two partitions out itself."""
-    port = free_port()
-    home = tmp_path / "flwr-home"
+def test_secured_deployment_engine_on_loopback_with_node_owned_partitions(tmp_path):
+    """The README's real-device recipe on 127.0.0.1: TLS with a local CA and SuperNode
+    authentication (credentials from fedquant.deploy). Two registered SuperNodes, each holding its
+    own data partition (--node-config), and `flwr run . secure` with data-placement=node: the same
+    numbers as the command line, which deals the same two partitions out itself. In the same
+    SuperLink session a SuperNode with an unregistered key, a plaintext SuperNode (--insecure) and a
+    plaintext `flwr` connection are refused. (The --insecure recipe for local experiments runs
+    the same Flower code without TLS; its config lines are checked by the README test above.)"""
+    creds = write_credentials(tmp_path / "creds", nodes=3)  # supernode-2's key is never registered
+    address = f"127.0.0.1:{free_port()}"
+    home, logs = tmp_path / "flwr-home", tmp_path / "logs"
     home.mkdir()
-    (home / "config.toml").write_text(f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\n'
-                                      f'address = "127.0.0.1:{port}"\ninsecure = true\n')
+    logs.mkdir()
+    (home / "config.toml").write_text(f'[superlink]\ndefault = "secure"\n\n[superlink.secure]\naddress = "{address}"\n'
+                                      f'root-certificates = "{creds.ca_cert}"\n\n[superlink.plaintext]\n'
+                                      f'address = "{address}"\ninsecure = true\n')
     env = {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
            "FLWR_DISABLE_UPDATE_CHECK": "1"}
     bin_dir = FLWR.parent
-    started = [subprocess.Popen([str(bin_dir / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port",
-                                 str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    try:
-        for k in range(2):
-            started.append(subprocess.Popen(
-                [str(bin_dir / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}", "--port",
-                 str(free_port()), "--node-config", f"partition-id={k} num-partitions=2"],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        overrides = "num_clients=2 clients_per_round=2 quiet=true"
-        proc = subprocess.run([str(FLWR), "run", ".", "loopback", "--stream", "--run-config",
-                               f"num-server-rounds=1 data-placement='node' output-dir='{tmp_path / 'out'}' "
-                               f"overrides='{overrides}'"], cwd=ROOT, env=env, capture_output=True, text=True,
+
+    def flwr(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(FLWR), *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=400)
+
+    def supernode(*flags, partition: int = 0) -> list:
+        return [bin_dir / "flower-supernode", *flags, "--superlink", address, "--port", free_port(),
+                "--node-config", f"partition-id={partition} num-partitions=2"]
+
+    overrides = "num_clients=2 clients_per_round=2 quiet=true"
+    with flower_processes(env, logs) as start:
+        link = start("superlink", [bin_dir / "flower-superlink", "--ssl-ca-certfile", creds.ca_cert, "--ssl-certfile",
+                                   creds.superlink_cert, "--ssl-keyfile", creds.superlink_key,
+                                   "--enable-supernode-auth", "--host", "127.0.0.1", "--port", address.split(":")[1]])
+        wait_for_line(logs / "superlink.log", f"Uvicorn running on https://{address}", link)
+        for node in creds.nodes[:2]:
+            reg = flwr("supernode", "register", node.public_key, "secure")
+            assert reg.returncode == 0 and "registered successfully" in reg.stdout, reg.stdout + reg.stderr
+        for k in range(2):
+            start(f"node{k}", supernode("--root-certificates", creds.ca_cert, "--auth-supernode-private-key",
+                                        creds.nodes[k].private_key, partition=k))
+        unregistered = start("unregistered", supernode("--root-certificates", creds.ca_cert,
+                                                       "--auth-supernode-private-key", creds.nodes[2].private_key))
+        plaintext = start("plaintext", supernode("--insecure", "--max-retries", "1"))
+        ls = flwr("ls", "plaintext")  # the Control API over plain HTTP
+        assert ls.returncode != 0 and "Connection to the SuperLink is unavailable" in ls.stdout + ls.stderr
+        for name, proc, reason in (("unregistered", unregistered, "[code: 2004] Failed to activate SuperNode."),
+                                   ("plaintext", plaintext, "Failed to initialize the connection to the SuperLink.")):
+            proc.wait(timeout=240)
+            log = (logs / f"{name}.log").read_text(errors="replace")
+            assert proc.returncode != 0 and reason in log and "SuperNode ID:" not in log, log[-3000:]
+        assert "No SuperNode found with the given public key" in (logs / "superlink.log").read_text(errors="replace")
+        proc = flwr("run", ".", "secure", "--stream", "--run-config",
+                    f"num-server-rounds=1 data-placement='node' output-dir='{tmp_path / 'out'}' overrides='{overrides}'")
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        assert f"`kill {started[0].pid}`" in proc.stdout  # the SuperLink this test started
-    finally:
-        procs = [c for p in started if p.poll() is None for c in psutil.Process(p.pid).children(recursive=True)]
-        for p in started:
-            p.kill()
-        for p in procs:  # each SuperNode's flower-superexec can outlive its parent for a few seconds
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
-        psutil.wait_procs([psutil.Process(p.pid) for p in started if p.poll() is None] + procs, timeout=15)
+        assert f"`kill {link.pid}`" in proc.stdout  # the SuperLink this test started
     [deployed] = (tmp_path / "out").glob("*/results.json")
     cli = subprocess.run([sys.executable, "-m", "fedquant", *overrides.split(), "num_rounds=1",
                           f"hydra.run.dir={tmp_path / 'cli'}"], cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -3,6 +3,7 @@ place (the non-editable install's one-round run is in .ci/run)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -16,7 +17,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_built_wheel_ships_every_config(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(ROOT),
+    source = tmp_path / "source"  # a copy: a build/ folder left in the checkout would add stale files
+    source.mkdir()
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for folder in ("fedquant", "strategies", "clients", "conf"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(source),
                     "-w", str(tmp_path)], check=True, capture_output=True, cwd=tmp_path)
     (wheel,) = tmp_path.glob("fedquant-*.whl")
     shipped = {name.removeprefix("fedquant/conf/") for name in zipfile.ZipFile(wheel).namelist()

@@ -295,3 +295,14 @@ def test_width_levels_number_their_settings_after_the_full_models(monkeypatch):
     levelled = width_evaluation.LevelledEvaluator(Fake(["fp", "w4a4"]), {0.5: Fake(["fp", "w2a2"])})
     levelled({}, on_setting=lambda *args: seen.append(args))
     assert seen == [("fp", 1, 4), ("w4a4", 2, 4), ("fp@0.5", 3, 4), ("w2a2@0.5", 4, 4)]
+
+
+def test_the_round_line_names_the_first_failure_and_counts_the_rest():
+    clock = Clock()
+    reporter, buf = plain(clock)
+    reporter.round_done(0, None, 0, None)
+    clock.now = 10.0
+    reasons = ["client 3: rejected reply: missing array '1.weight'", "client 5: injected failure"]
+    reporter.round_done(1, 0.5, 2, {"fp": 0.9}, reasons)
+    assert buf.getvalue().splitlines()[-1].endswith(
+        "train loss 0.5000  2 client failure(s) client 3: rejected reply: missing array '1.weight' (+1 more)  fp 90.0")

@@ -1,4 +1,4 @@
-"""Client faults, retries, the divergence guard, checkpoints and exact resume after SIGKILL."""
+"""Client faults, retries, rejected NaN replies, the divergence guard, checkpoints and exact resume after SIGKILL."""
 
 import contextlib
 import json
@@ -58,16 +58,35 @@ def test_too_few_replies_can_stop_the_run():
         start_inprocess("faults.client_failure_rate=0.5", "num_rounds=3", min_replies=3, on_too_few="stop")
 
 
-def test_nan_from_one_client_is_named_and_stops():
-    cfg = make_config(*TINY, "num_rounds=4")
-    _, plan = setup_and_plan(cfg)
-    plan.nan_rate = 0.2
-    bad = {r: [c for c in plan.sample_clients(r) if plan.injects_nan(r, c)] for r in range(1, 5)}
-    first = next(r for r in bad if bad[r])
-    assert len(bad[first]) == 1  # seed 0, rate 0.2: one client of that round turns NaN
+def nan_clients(rate: float, rounds: int = 4) -> dict[int, list[int]]:
+    """Per round, the sampled clients that reply NaN at ``faults.nan_client_rate=rate`` (TINY, seed 0)."""
+    _, plan = setup_and_plan(make_config(*TINY, f"num_rounds={rounds}"))
+    plan.nan_rate = rate
+    return {r: [c for c in plan.sample_clients(r) if plan.injects_nan(r, c)] for r in range(1, rounds + 1)}
+
+
+def test_nan_from_one_client_is_rejected_and_the_round_goes_on():
+    """A NaN reply among finite ones is that client's rejected reply (named in the round's report),
+    never aggregated; the run goes on (before issue 32 it stopped the run)."""
+    bad = nan_clients(0.2)
+    assert [len(bad[r]) for r in (1, 2, 3, 4)] == [0, 0, 1, 1]  # seed 0, rate 0.2: one client in rounds 3 and 4
+    strategy = start_inprocess("num_rounds=4", "faults.nan_client_rate=0.2")
+    for r, report in strategy.reports.items():
+        assert report.failures == [f"client {c}: rejected reply: non-finite values (NaN/Inf) in array '1.weight'"
+                                   for c in bad[r]]
+        assert len(report.clients) == 3 - len(bad[r]) and not {c.partition for c in report.clients} & set(bad[r])
+
+
+def test_nan_from_every_client_of_a_round_stops_the_run():
+    """NaN from every client that replied is a diverged federation, not a faulty client: the run stops."""
+    bad = nan_clients(0.5)
+    first = next(r for r in bad if len(bad[r]) == 3)
+    assert first == 3 and bad[1] and bad[2]  # rounds 1 and 2 go on without their NaN clients
     with pytest.raises(DivergenceError) as err:
-        start_inprocess("num_rounds=4", "faults.nan_client_rate=0.2")
-    assert str(err.value).startswith(f"round {first}: non-finite values from client {bad[first][0]} (weights); stopping")
+        start_inprocess("num_rounds=4", "faults.nan_client_rate=0.5")
+    named = "; ".join(f"client {c} (non-finite values (NaN/Inf) in array '1.weight')" for c in bad[first])
+    assert str(err.value).startswith(f"round {first}: non-finite values from every client that replied: {named}; "
+                                     "stopping, this round's global model is discarded")
 
 
 def test_fault_injection_at_30_percent_completes_through_ray(tmp_path):
@@ -103,14 +122,12 @@ def cli(*args, **kw):
 
 
 def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
-    cfg = make_config(*TINY, "num_rounds=4")
-    _, plan = setup_and_plan(cfg)
-    plan.nan_rate = 0.2
-    first_bad = next(r for r in range(1, 5) if any(plan.injects_nan(r, c) for c in plan.sample_clients(r)))
-    assert first_bad >= 2  # seed 0 and rate 0.2: rounds before it produce a checkpoint
-    proc = cli(*TINY, "num_rounds=4", "faults.nan_client_rate=0.2", f"hydra.run.dir={tmp_path}")
+    bad = nan_clients(0.5)
+    first_bad = next(r for r in bad if len(bad[r]) == 3)  # every client of the round NaN: the federation diverged
+    assert first_bad >= 2  # seed 0 and rate 0.5: rounds before it produce a checkpoint
+    proc = cli(*TINY, "num_rounds=4", "faults.nan_client_rate=0.5", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 1
-    assert proc.stderr.strip().startswith(f"error: round {first_bad}: non-finite values from client")
+    assert proc.stderr.strip().startswith(f"error: round {first_bad}: non-finite values from every client that replied")
     names = sorted(p.name for p in tmp_path.glob("checkpoint_r*.pt"))
     assert names[-1] == f"checkpoint_r{first_bad - 1:05d}.pt"
     assert f"[last good checkpoint: {tmp_path / names[-1]}; continue with resume_from={tmp_path}]" in proc.stderr

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord
-from flwr.serverapp.strategy import FedAdam, FedYogi
+from flwr.serverapp.strategy import FedAdam, FedXgbBagging
 
 from fedquant.experiment.workspace import build_quantized_model, federated_data
 from fedquant.federation.bitwidths import parse_settings
@@ -19,18 +19,21 @@ from tests.inprocess import InProcessGrid, recording_strategy, train_config
 from tests.test_strategies import setup_and_plan
 
 SERVER_OPTIONS = {"fedavg": {}, "fedprox": {"proximal_mu": 0.01}, "fedavgm": {"server_momentum": 0.9},
-                  "fedadam": {"eta": 0.01}}
+                  "fedadam": {"eta": 0.01}, "fedyogi": {"eta": 0.01}, "fedadagrad": {"eta": 0.01}, "fedmedian": {},
+                  "fedtrimmedavg": {"beta": 0.2}, "krum": {}, "multikrum": {"num_nodes_to_select": 2}, "bulyan": {},
+                  "qfedavg": {"client_learning_rate": 0.05}}
+STATEFUL = ("fedavgm", "fedadam", "fedyogi", "fedadagrad")  # state carried from round to round
 
 
 def plain_plan() -> TrainingPlan:
     return TrainingPlan("fedavg", "fixed", parse_settings(["fp"], "b"), 10, 3, 0, [])
 
 
-def train(server, rounds, *overrides, initial=None, resume=None):
+def train(server, rounds, *overrides, initial=None, resume=None, **strategy_kwargs):
     """``rounds`` rounds of a 2-round TINY run in process; ``resume``: ``(round, server_state)``."""
     cfg = make_config(*TINY, *overrides)
     setup, plan = setup_and_plan(cfg)
-    strategy = recording_strategy(server, plan, **SERVER_OPTIONS[server])
+    strategy = recording_strategy(server, plan, **SERVER_OPTIONS[server], **strategy_kwargs)
     if resume is not None:
         strategy.resume_at(*resume)
     if initial is None:
@@ -74,7 +77,7 @@ def test_the_declared_attributes_are_all_that_flower_changes_in_a_round(server):
     assert changed & flower_attributes == set(OPTIMIZER_STATE[SERVERS[server]])
 
 
-@pytest.mark.parametrize("server", sorted(SERVER_OPTIONS))
+@pytest.mark.parametrize("server", ["fedavg", "fedprox", "qfedavg", *STATEFUL])
 def test_server_state_round_trips_after_a_round(server):
     _, strategy = train(server, 1)
     state = strategy.server_state()
@@ -96,7 +99,7 @@ def test_server_state_round_trips_after_a_round(server):
         assert all(torch.equal(a, b) for a, b in items)
 
 
-@pytest.mark.parametrize("server, overrides", [("fedavgm", ()), ("fedadam", ()),
+@pytest.mark.parametrize("server, overrides", [("fedavgm", ()), ("fedadam", ()), ("fedyogi", ()),
                                                ("fedadam", ("client.freeze_threshold=0.001",))])
 def test_resuming_after_a_round_equals_the_uninterrupted_run(server, overrides):
     straight, _ = train(server, 2, *overrides)
@@ -104,6 +107,19 @@ def test_resuming_after_a_round_equals_the_uninterrupted_run(server, overrides):
     state = through_a_checkpoint(strategy.server_state())
     resumed, _ = train(server, 1, *overrides, initial=through_a_checkpoint(first), resume=(1, state))
     assert list(resumed) == list(straight) and all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+def test_adaptive_clipping_resumes_exactly():
+    """``strategy.dp=server_adaptive``: the clipping norm moves every round and is checkpointed; the
+    noise is drawn per round from the run's seed, so a resumed run equals the uninterrupted one."""
+    dp = {"dp": "server_adaptive", "dp_options": {"noise_multiplier": 0.1, "clipped_count_stddev": 1.0}}
+    straight, _ = train("fedavg", 2, **dp)
+    first, strategy = train("fedavg", 1, **dp)
+    state = through_a_checkpoint(strategy.server_state())
+    assert float(state["dp"]["clipping_norm"]) != 0.1  # moved from the initial norm
+    resumed, again = train("fedavg", 1, initial=through_a_checkpoint(first), resume=(1, state), **dp)
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+    assert again.server_state()["dp"]["clipping_norm"] != state["dp"]["clipping_norm"]
 
 
 def test_not_yet_set_is_not_missing():
@@ -157,9 +173,9 @@ def test_state_of_another_kind_fails_loudly():
 
 
 def test_an_unsupported_flower_class_is_refused():
-    cls = type("QuantAwareFedYogi", (QuantAwareMixin, FedYogi), {})
-    with pytest.raises(FlowerMismatch, match="built on flwr's FedYogi, whose server-optimizer state"):
-        cls(plan=plain_plan(), server_name="fedyogi")
+    cls = type("QuantAwareFedXgbBagging", (QuantAwareMixin, FedXgbBagging), {})  # trees, not arrays
+    with pytest.raises(FlowerMismatch, match="built on flwr's FedXgbBagging, whose server-optimizer state"):
+        cls(plan=plain_plan(), server_name="fedxgbbagging")
 
 
 def test_state_of_another_strategy_is_refused():

@@ -43,7 +43,7 @@ def without_seconds(strategy) -> list[dict]:
 def fake_reply(request: Message, partition: int, n: int, value: float) -> Message:
     arrays = ArrayRecord({"w": torch.full((2, 3), value), "b": torch.tensor([value])})
     metrics = MetricRecord({P.NUM_EXAMPLES: n, P.TRAIN_LOSS: value, P.PARTITION: partition, P.BITS_HIST: [0] * 289,
-                            P.TRAIN_SECONDS: 0.1, P.TRAIN_CPU_SECONDS: 0.1})
+                            P.TRAIN_SECONDS: 0.1, P.TRAIN_CPU_SECONDS: 0.1, P.NODE_INDEX: -1, P.TRACKED_STEPS: 0})
     return Message(RecordDict({P.ARRAYS: arrays, P.METRICS: metrics}), reply_to=request)
 
 
@@ -114,11 +114,24 @@ def test_same_seed_same_clients_bits_and_weights(sampling):
         assert any(len(x.bits_used) > 1 for r in sa.reports.values() for x in r.clients)
 
 
-@pytest.mark.parametrize("server, options", [("fedavgm", {"server_momentum": 0.9}), ("fedadam", {"eta": 0.01})])
-def test_flower_server_optimizers_compose(server, options):
+COMPOSING = [("fedavgm", {"server_momentum": 0.9}), ("fedadam", {"eta": 0.01}), ("fedyogi", {"eta": 0.01}),
+             ("fedadagrad", {"eta": 0.01}), ("fedmedian", {}), ("fedtrimmedavg", {"beta": 0.34}), ("krum", {}),
+             ("multikrum", {"num_nodes_to_select": 2}), ("bulyan", {}), ("qfedavg", {"client_learning_rate": 0.05})]
+
+
+@pytest.mark.parametrize("server, options", COMPOSING, ids=[s for s, _ in COMPOSING])
+def test_flower_server_strategies_compose(server, options):
+    """Every Flower strategy that aggregates arrays trains 2 rounds under the mixin: every client
+    reported, the model moved and stayed finite."""
+    from strategies import SERVERS
+
     state, strategy, _ = run_inprocess(server=server, **options)
-    assert type(strategy).__name__ == f"QuantAware{ {'fedavgm': 'FedAvgM', 'fedadam': 'FedAdam'}[server]}"
+    assert type(strategy).__name__ == f"QuantAware{SERVERS[server].__name__}"
+    assert [len(r.clients) for r in strategy.reports.values()] == [3, 3]
     assert all(torch.isfinite(v).all() for v in state.values())
+    setup, _ = setup_and_plan(make_config(*TINY))
+    initial = float_state(build_quantized_model(setup.model, federated_data(setup.data).data, seed=0))
+    assert not all(torch.equal(state[k], initial[k]) for k in state)
 
 
 def test_profiles_assigned_by_share_and_seed():
@@ -211,3 +224,22 @@ def test_a_flower_strategy_with_per_node_content_is_refused_not_averaged_away():
     with pytest.raises(FlowerMismatch, match="QuantAwarePerNodeFedAvg: Flower's configure_train gave node"):
         strategy.start(grid=InProcessGrid(setup, 3), initial_arrays=ArrayRecord(float_state(model)), num_rounds=1,
                        train_config=train_config(cfg))
+
+
+def test_the_config_checker_knows_every_server_and_dp_wrapper_flower_has():
+    """fedquant.federation.aggregators (Flower-free, for the config checker) names what
+    strategies/ builds: every server, each DP wrapper's options; Krum and Bulyan retry rounds with
+    fewer replies than their rule needs (2f + 3, 4f + 3)."""
+    from fedquant.federation import aggregators as A
+    from strategies import SERVERS, build_strategy, server_options
+    from strategies.privacy import dp_options
+
+    assert tuple(SERVERS) == A.SERVERS and set(A.MEAN_SERVERS) | set(A.ROBUST_SERVERS) < set(SERVERS)
+    assert dp_options() == {mode: list(names) for mode, names in A.DP_OPTIONS.items()}
+    options = server_options()
+    assert "num_malicious_nodes" in options["krum"] and "num_nodes_to_select" in options["multikrum"]
+    assert not {"selection_rule", "train_loss_key", "arrayrecord_key"} & {o for v in options.values() for o in v}
+    plan = TrainingPlan("fedavg", "fixed", parse_settings(["fp"], "b"), 10, 8, 0, [])
+    assert build_strategy("krum", plan, num_malicious_nodes=2).retry.min_replies == 7
+    assert build_strategy("bulyan", plan, min_replies=8, num_malicious_nodes=1).retry.min_replies == 8
+    assert build_strategy("qfedavg", plan, client_lr=0.05).client_learning_rate == 0.05

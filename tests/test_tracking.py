@@ -66,7 +66,8 @@ def test_offline_wandb_run_holds_metrics_and_config(wandb_run):
 def test_wandb_run_is_finished_with_failure_when_the_run_fails(tmp_path):
     from strategies import DivergenceError
 
-    cfg = make_config(*TINY, "num_rounds=4", "logger=wandb", "logger.mode=offline", "faults.nan_client_rate=0.2",
+    # every client NaN: the federation diverged (one NaN client is only that client's rejected reply)
+    cfg = make_config(*TINY, "num_rounds=2", "logger=wandb", "logger.mode=offline", "faults.nan_client_rate=1.0",
                       "eval.settings=[fp]")
     with pytest.raises(DivergenceError):
         run_experiment(cfg, tmp_path)

@@ -271,28 +271,29 @@ def test_validation_rounds_are_read_from_results_json():
 
 @pytest.mark.slow
 def test_a_real_study_runs_fedquant_per_trial_and_continues(tmp_path):
-    """Two trials of the default digits job, then the same command with --trials 3: one more."""
+    """One trial of the default digits job, then the same command with --trials 2: one more (the
+    continuation with fake runs is tested above; each real trial costs a Ray start)."""
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     argv = [sys.executable, "-m", "fedquant.tune", "--storage", storage, "--study-name", "e2e",
             "--root", str(tmp_path / "runs"), "--param", "client.lr=log:0.02:0.2", "--",
             "num_rounds=2", "eval.every=1", "eval.settings=[fp,w4a4]"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    first = subprocess.run([*argv[:3], "--trials", "2", *argv[3:]], capture_output=True, text=True, cwd=ROOT,
+    first = subprocess.run([*argv[:3], "--trials", "1", *argv[3:]], capture_output=True, text=True, cwd=ROOT,
                            env=env, timeout=900)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
-    second = subprocess.run([*argv[:3], "--trials", "3", *argv[3:]], capture_output=True, text=True, cwd=ROOT,
+    second = subprocess.run([*argv[:3], "--trials", "2", *argv[3:]], capture_output=True, text=True, cwd=ROOT,
                             env=env, timeout=600)
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
-    assert "2 trials so far, up to 3" in second.stdout
+    assert "1 trial so far, up to 2" in second.stdout
     trials = optuna.load_study(study_name="e2e", storage=storage).trials
-    assert [t.number for t in trials] == [0, 1, 2] and all(t.state == TrialState.COMPLETE for t in trials)
+    assert [t.number for t in trials] == [0, 1] and all(t.state == TrialState.COMPLETE for t in trials)
     for t in trials:
         results = json.loads((tmp_path / "runs" / f"trial_{t.number}" / "results.json").read_text())
         assert t.value == results["final_validation"]["w4a4"]  # validation, never the test "final"
         assert results["config"]["client"]["lr"] == t.params["client.lr"]
         assert t.intermediate_values == from_results(results, "w4a4") and sorted(t.intermediate_values) == [1, 2]
     out = second.stdout.strip().splitlines()
-    assert out[1].startswith("trial 2  client.lr=") and out[1].endswith(" s") and "(validation)" in out[1]
+    assert out[1].startswith("trial 1  client.lr=") and out[1].endswith(" s") and "(validation)" in out[1]
     best = max(trials, key=lambda t: t.value)
     assert out[-1] == ("reproduce: python -m fedquant num_rounds=2 eval.every=1 'eval.settings=[fp,w4a4]' "
                        f"client.lr={best.params['client.lr']!r}")

@@ -83,6 +83,42 @@ BAD = [
     (["eval.settings=null"], "eval.settings=null is not valid: allowed is a list"),
     (["client.lr=inf"], "client.lr=inf is not valid: allowed is a number > 0.0"),
     (["~eval.ptq"], "eval.ptq is missing: add it, e.g. eval.ptq='basic' (its default)"),
+    # robust aggregators, central DP and hostile clients (issue 32)
+    (["strategy.server=fedmedian", "strategy.profiles=[{name: a, share: 1.0, bits: [8], width: 0.5}]"],
+     "strategy.server=fedmedian is not valid with width profiles: a sub-model's untouched entries are filled with "
+     "their holders' mean (strategies/sub_models.py), which only a weighted mean keeps; allowed are fedavg, fedprox, "
+     "fedavgm, fedadam, fedyogi, fedadagrad"),
+    (["strategy.server=krum", "+strategy.server_options.num_malicious_nodes=1"],
+     "clients_per_round=4 is too few for strategy.server=krum with num_malicious_nodes=1: its rule needs "
+     "n > 2f + 2 replies, i.e. clients_per_round >= 5"),
+    (["strategy.server=bulyan", "clients_per_round=6", "+strategy.server_options.num_malicious_nodes=1"],
+     "clients_per_round=6 is too few for strategy.server=bulyan with num_malicious_nodes=1: its rule needs "
+     "n >= 4f + 3 replies, i.e. clients_per_round >= 7"),
+    (["strategy.server=krum", "+strategy.server_options.num_malicious_nodes=-1"],
+     "strategy.server_options.num_malicious_nodes=-1 is not valid: allowed is an integer >= 0"),
+    (["strategy.server=multikrum", "+strategy.server_options.num_nodes_to_select=5"],
+     "strategy.server_options.num_nodes_to_select=5 is not valid: allowed is an integer in 1..4"),
+    (["strategy.server=fedtrimmedavg", "+strategy.server_options.beta=0.5"],
+     "strategy.server_options.beta=0.5 is not valid: allowed is a fraction in [0, 0.5)"),
+    (["strategy.server=fedadam", "strategy.dp=server_fixed"],
+     "strategy.dp=server_fixed is not valid with strategy.server=fedadam: the noise sigma C / m is calibrated to a "
+     "plain mean of m clipped updates"),
+    (["strategy.dp=server_fixed", "+strategy.dp_options.noise_multiplier=1.0"],
+     "strategy.dp=server_fixed needs strategy.dp_options.clipping_norm"),
+    (["strategy.dp=server_fixed", "+strategy.dp_options.clip=1.0"],
+     "strategy.dp_options.clip is not valid for strategy.dp=server_fixed: allowed are noise_multiplier, clipping_norm"),
+    (["+strategy.dp_options.noise_multiplier=1.0"], "strategy.dp_options.noise_multiplier is set but strategy.dp=none"),
+    (["strategy.dp=server_adaptive", "+strategy.dp_options.noise_multiplier=1.0"],
+     "strategy.dp_options.noise_multiplier=1.0 is not valid: adaptive clipping needs noise_multiplier < "
+     "2 x clipped_count_stddev = 0.4"),
+    (["strategy.dp=server_fixed", "+strategy.dp_options={noise_multiplier: 1.0, clipping_norm: 0}"],
+     "strategy.dp_options.clipping_norm=0 is not valid: allowed is a number > 0"),
+    (["strategy.dp=server_fixed", "+strategy.dp_options={noise_multiplier: 1.0, clipping_norm: 1.0}",
+      "strategy.profiles=[{name: a, share: 1.0, bits: [8], width: 0.5}]"],
+     "strategy.dp=server_fixed is not valid with width profiles"),
+    (["faults.attack=poison"], "faults.attack='poison' is not valid: allowed are none, sign_flip, scale, noise, malformed"),
+    (["faults.attack_rate=0.2"], "faults.attack_rate=0.2 does nothing with faults.attack=none"),
+    (["faults.attack=sign_flip"], "faults.attack=sign_flip needs faults.attack_rate > 0"),
 ]
 
 

@@ -54,7 +54,9 @@ class RunHistory:
                 protocol: dict) -> dict:
         """The content of results.json (without the partition sizes and resume note the app adds).
         ``final`` is the test accuracy at the last evaluation, ``final_validation`` the validation
-        accuracy there; ``protocol`` says how the server evaluated."""
+        accuracy there, ``per_profile`` / ``per_profile_model_bytes`` each profile's accuracy and
+        deployed size at its settings, on its level (width, scheme); ``protocol`` says how the
+        server evaluated."""
         rounds = []
         uplink = downlink = 0
         for r in range(cfg["num_rounds"] + 1):
@@ -72,7 +74,7 @@ class RunHistory:
         final = self.final()
         return {"config": cfg, "protocol": protocol, "rounds": rounds, "final": final,
                 "final_validation": self.final("validation"), "per_profile": per_profile(profiles, final),
-                "model_bytes": model_bytes, "communication": {"uplink_bytes": uplink, "downlink_bytes": downlink},
+                "model_bytes": model_bytes, "per_profile_model_bytes": per_profile(profiles, model_bytes), "communication": {"uplink_bytes": uplink, "downlink_bytes": downlink},
                 "wall_time_s": wall_time}
 
     def timing(self) -> dict:

@@ -83,7 +83,7 @@ class AfterRound:
         report = self.history.reports.get(server_round)
         accuracies = {k: v["accuracy"] for k, v in evaluation["test"].items()} if evaluation else None
         self.reporter.round_done(server_round, report.loss if report else None,
-                                 len(report.failures) if report else 0, accuracies)
+                                 len(report.failures) if report else 0, accuracies, report.failures if report else ())
         if self.save_checkpoint is not None and self.schedule.checkpoints(server_round):
             self.save_checkpoint(server_round, state)
         if self.logger is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
+from ..federation import aggregators as A
 from ..federation.bitwidths import FLOAT, parse_settings
 from ..federation.profiles import profiles_from_config
 from ..models import WIDTH_MODELS, model_options
@@ -111,6 +112,132 @@ def check_widths(cfg: Mapping) -> None:
                           "per entry of the full model); set it to 0 or give every profile width 1")
 
 
+def check_schemes(cfg: Mapping, servers) -> None:
+    """A profile's own quantizer scheme (``weight_granularity``, ``scale``) must be one it can run:
+    it quantizes something, its weight ranges exist at that granularity (a per-tensor state has no
+    per-channel ranges; learned ranges keep their own granularity), and no weight freezing (the
+    server freezes on the run's grid)."""
+    quant = cfg["quantization"]
+    for i, p in enumerate(cfg["strategy"]["profiles"]):
+        own = {k: p[k] for k in ("weight_granularity", "scale") if p.get(k) is not None}
+        if not own:
+            continue
+        name, (k, v) = f"strategy.profiles[{i}]", next(iter(own.items()))
+        if all(s == FLOAT for s in parse_settings(p["bits"], f"{name}.bits")):
+            raise ConfigError(f"{name}.{k}={v!r} is not valid: the profile runs only fp, which has no quantizer "
+                              "scales; remove it or give the profile a quantized setting")
+        granularity, run = own.get("weight_granularity", quant["weight_granularity"]), quant["weight_granularity"]
+        if granularity != run and (run == "per_tensor" or quant["learned_ranges"]):
+            why = "learned ranges (quantization.learned_ranges=true) keep" if quant["learned_ranges"] else \
+                "the shared weight ranges have"
+            raise ConfigError(f"{name}.weight_granularity={granularity!r} is not valid with quantization."
+                              f"weight_granularity={run}: {why} one per {run.removeprefix('per_')}; allowed is {run}")
+        differs = [(key, value) for key, value in own.items() if value != quant[key]]
+        if cfg["client"]["freeze_threshold"] and differs:
+            raise ConfigError(f"client.freeze_threshold is not supported with {name}.{differs[0][0]}="
+                              f"{differs[0][1]!r} (the server freezes weights on the run's grid); set it to 0 or "
+                              "remove the profile's scheme")
+
+
+def _has_widths(cfg: Mapping) -> bool:
+    return any(float(p.get("width", 1.0)) < 1 for p in cfg["strategy"]["profiles"])
+
+
+def _number(name: str, value, low: float, *, strict: bool = False, high: float | None = None, integer: bool = False,
+            allowed: str = "") -> None:
+    kind = int if integer else (int, float)
+    ok = isinstance(value, kind) and not isinstance(value, bool) and (value > low if strict else value >= low) \
+        and (high is None or value < high)
+    if not ok:
+        raise ConfigError(f"{name}={value!r} is not valid: allowed is {allowed}")
+
+
+def check_aggregator(cfg: Mapping, servers) -> None:
+    """What the server strategy's aggregation rule needs (fedquant/federation/aggregators.py
+    states the rules): a weighted mean with width profiles, enough replies per round for Krum's
+    and Bulyan's tolerance f, and options within their bounds."""
+    server, options, n = cfg["strategy"]["server"], cfg["strategy"]["server_options"], cfg["clients_per_round"]
+    if server not in A.MEAN_SERVERS and _has_widths(cfg):
+        raise ConfigError(f"strategy.server={server} is not valid with width profiles: a sub-model's untouched "
+                          "entries are filled with their holders' mean (strategies/sub_models.py), which only a "
+                          f"weighted mean keeps; allowed are {', '.join(A.MEAN_SERVERS)}")
+    if "num_malicious_nodes" in options:
+        _number("strategy.server_options.num_malicious_nodes", options["num_malicious_nodes"], 0, integer=True,
+                allowed="an integer >= 0")
+    f, need = A.malicious(options), A.min_replies(server, options)
+    if n < need:
+        raise ConfigError(f"clients_per_round={n} is too few for strategy.server={server} with num_malicious_nodes={f}: "
+                          f"its rule needs {A.requirement(server)} replies, i.e. clients_per_round >= {need}")
+    if server == "multikrum":
+        _number("strategy.server_options.num_nodes_to_select", options.get("num_nodes_to_select", 1), 1,
+                high=n - f + 1, integer=True, allowed=f"an integer in 1..{n - f} (at most clients_per_round - f)")
+    if server == "fedtrimmedavg":
+        _number("strategy.server_options.beta", options.get("beta", 0.2), 0, high=0.5,
+                allowed="a fraction in [0, 0.5) cut off each end")
+    if server == "qfedavg":
+        for name in ("client_learning_rate", "q"):
+            if name in options:
+                _number(f"strategy.server_options.{name}", options[name], 0, strict=name != "q",
+                        allowed="a number > 0" if name != "q" else "a number >= 0")
+
+
+def check_privacy(cfg: Mapping, servers) -> None:
+    """``strategy.dp``: Flower's server-side DP wrappers, over a plain mean of full models, with
+    their own options (the bounds Flower's constructors check)."""
+    strat = cfg["strategy"]
+    dp, options = strat["dp"], strat["dp_options"]
+    if dp == "none":
+        if options:
+            raise ConfigError(f"strategy.dp_options.{next(iter(options))} is set but strategy.dp=none: set strategy.dp "
+                              f"to {' or '.join(A.DP_MODES[1:])}, or remove the options")
+        return
+    if strat["server"] not in A.DP_SERVERS:
+        raise ConfigError(f"strategy.dp={dp} is not valid with strategy.server={strat['server']}: the noise sigma C / m "
+                          "is calibrated to a plain mean of m clipped updates, which that server's aggregate is not; "
+                          f"allowed are {', '.join(A.DP_SERVERS)}")
+    if _has_widths(cfg):
+        raise ConfigError(f"strategy.dp={dp} is not valid with width profiles: a sub-model reply is clipped after its "
+                          "untouched entries were filled with other clients' mean, so one client's reply no longer "
+                          "bounds its own contribution; give every profile width 1")
+    for k in options:
+        if k not in A.DP_OPTIONS[dp]:
+            raise ConfigError(f"strategy.dp_options.{k} is not valid for strategy.dp={dp}: "
+                              f"allowed are {', '.join(A.DP_OPTIONS[dp])}")
+    for k in A.DP_REQUIRED[dp]:
+        if k not in options:
+            raise ConfigError(f"strategy.dp={dp} needs strategy.dp_options.{k}")
+    name = "strategy.dp_options."
+    _number(name + "noise_multiplier", options["noise_multiplier"], 0, allowed="a number >= 0")
+    if dp == "server_fixed":
+        _number(name + "clipping_norm", options["clipping_norm"], 0, strict=True, allowed="a number > 0")
+        return
+    for k in ("initial_clipping_norm", "clip_norm_lr"):
+        if k in options:
+            _number(name + k, options[k], 0, strict=True, allowed="a number > 0")
+    if "target_clipped_quantile" in options:
+        _number(name + "target_clipped_quantile", options["target_clipped_quantile"], 0, high=1.0000001,
+                allowed="a fraction in [0, 1]")
+    stddev = options.get("clipped_count_stddev")
+    if stddev is not None:
+        _number(name + "clipped_count_stddev", stddev, 0, allowed="null or a number >= 0")
+    sigma, count_std = options["noise_multiplier"], stddev if stddev is not None else cfg["clients_per_round"] / 20
+    if sigma > 0 and sigma >= 2 * count_std:
+        raise ConfigError(f"{name}noise_multiplier={sigma} is not valid: adaptive clipping needs noise_multiplier < "
+                          f"2 x clipped_count_stddev = {2 * count_std:g} (clipped_count_stddev defaults to "
+                          "clients_per_round / 20); raise clipped_count_stddev or lower noise_multiplier")
+
+
+def check_attack(cfg: Mapping, servers) -> None:
+    """A hostile-client simulation names its attack and the share of clients that make it."""
+    faults = cfg["faults"]
+    if (faults["attack"] == "none") != (faults["attack_rate"] == 0):
+        if faults["attack"] == "none":
+            raise ConfigError(f"faults.attack_rate={faults['attack_rate']} does nothing with faults.attack=none: set "
+                              "faults.attack (sign_flip, scale, noise, malformed) or faults.attack_rate=0")
+        raise ConfigError(f"faults.attack={faults['attack']} needs faults.attack_rate > 0 (the share of sampled "
+                          "clients that attack each round)")
+
+
 def check_oscillation(cfg: Mapping, servers) -> None:
     client, bits = cfg["client"], parse_settings(cfg["strategy"]["bits"], "strategy.bits")
     dampen, threshold = client["dampen_weight"], client["freeze_threshold"]
@@ -168,5 +295,5 @@ def check_holdout(cfg: Mapping, servers=None) -> None:
 
 
 RULES = (check_counts, check_dataset_root, check_model_options, check_server, check_bits, check_profiles,
-         check_oscillation, check_recipes, check_links, check_resume, check_holdout)
+         check_aggregator, check_privacy, check_attack, check_schemes, check_oscillation, check_recipes, check_links, check_resume, check_holdout)
 MACHINE_RULES = (check_dataset_root, check_resume)  # about the machine a run starts on, not the run

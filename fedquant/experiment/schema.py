@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..data import DATASETS, SCHEMES
+from ..federation.aggregators import DP_MODES
+from ..federation.attacks import ATTACKS
 from ..federation.bitwidths import SAMPLING_MODES, parse_settings
 from ..federation.compression import GRANULARITIES, OFF, ROUNDINGS
 from ..federation.plan import ON_TOO_FEW, STRATEGIES
@@ -31,6 +33,8 @@ from ..learning.evaluation import EvalProtocol
 from ..learning.local_training import REGULARIZERS
 from ..models import MODELS
 from ..quant import QuantConfig
+from ..quant.config import GRANULARITIES as WEIGHT_GRANULARITIES
+from ..quant.config import SCALES
 from .averaging import AVERAGES
 
 LOGGERS = ("none", "wandb")
@@ -63,8 +67,12 @@ class StrategyConfig:
     name: str = key(doc="fedavg (float training, post-training quantization) | qafedavg (QAT)", choices=STRATEGIES)
     bits: list = key(doc="the set B: integers (WbAb), 'wXaY' or 'fp' (float steps)", check=_settings)
     sampling: str = key(doc="per_step | per_round | fixed (B must then hold one setting)", choices=SAMPLING_MODES)
-    server: str = key("fedavg", "Flower server strategy: fedavg | fedprox | fedavgm | fedadam")
+    server: str = key("fedavg", "Flower server strategy: fedavg | fedprox | fedavgm | fedadam | fedyogi | fedadagrad | "
+                                "fedmedian | fedtrimmedavg | krum | multikrum | bulyan | qfedavg")
     server_options: dict = key({}, "passed to Flower's class, e.g. {proximal_mu: 0.01} or {eta: 0.01}")
+    dp: str = key("none", "central differential privacy: Flower's server-side clipping wrapper, fixed or adaptive "
+                          "(fedavg and fedprox only)", choices=DP_MODES)
+    dp_options: dict = key({}, "passed to the wrapper, e.g. {noise_multiplier: 1.0, clipping_norm: 0.5}")
     profiles: list = key([], "device profiles, e.g. [{name: npu8, share: 0.5, bits: [8]}, "
                              "{name: mcu2, share: 0.5, bits: [2, 4], width: 0.5}]")
     min_replies: int = key(1, "fewer successful client replies in a round than this ...", ge=1)
@@ -85,6 +93,9 @@ class ProfileConfig:
     bits: list = key(doc="the settings it runs: integers, 'wXaY' or 'fp'", check=_settings)
     width: float = key(Profile.width, "the share of every hidden layer's channels its sub-model keeps (HeteroFL)",
                        gt=0, le=1)
+    weight_granularity: str | None = key(None, "its weight scales: per_channel | per_tensor (null: quantization's)",
+                                         choices=WEIGHT_GRANULARITIES)
+    scale: str | None = key(None, "its scales: float | pow2 (null: quantization's)", choices=SCALES)
 
 
 def _name(name: str, value: Any) -> None:
@@ -133,6 +144,12 @@ class FaultsConfig:
     client_failure_rate: float = key(0.0, "simulation only: share of sampled clients that raise", ge=0.0, lt=1.0)
     nan_client_rate: float = key(0.0, "simulation only: share of sampled clients that reply with NaN weights",
                                  ge=0.0, le=1.0)
+    attack: str = key("none", "simulation only: hostile clients send sign_flip (w - (w_k - w)) | scale "
+                              "(w + s (w_k - w)) | noise (w_k + N(0, std^2)) | malformed (a reply breaking the protocol)",
+                      choices=ATTACKS)
+    attack_rate: float = key(0.0, "share of sampled clients that attack each round (seeded)", ge=0.0, le=1.0)
+    attack_scale: float = key(10.0, "scale: the factor s")
+    attack_std: float = key(1.0, "noise: the standard deviation", ge=0.0)
 
 
 def _link_bits(name: str, value: Any) -> None:

@@ -9,14 +9,22 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from ..federation.attacks import AttackPlan
 from ..federation.bitwidths import FLOAT, Setting, parse_settings
 from ..federation.freezing import OscillationPlan
 from ..federation.plan import TrainingPlan
-from ..federation.profiles import profiles_from_config, width_levels, with_profile_settings
+from ..federation.profiles import (
+    Level,
+    Profile,
+    deployment_levels,
+    profiles_from_config,
+    with_profile_settings,
+)
 from ..federation.schedule import BitSchedule, LRSchedule
 from ..learning.evaluation import EvalProtocol, Evaluator
 from ..learning.width_evaluation import LevelledEvaluator
 from ..models.width import without_scalers
+from ..quant.scheme import Scheme, set_scheme
 from .averaging import WeightAverage
 from .rounds import Schedule
 from .workspace import DataSpec, FederatedData, ModelSpec, build_quantized_model
@@ -36,6 +44,12 @@ def experiment_specs(cfg: Mapping) -> tuple[DataSpec, ModelSpec]:
     return data, model
 
 
+def run_profiles(cfg: Mapping) -> list[Profile]:
+    """The run's device profiles (``strategy.profiles``), each with its scheme resolved against the
+    ``quantization`` section."""
+    return profiles_from_config(cfg["strategy"]["profiles"], cfg["quantization"])
+
+
 def training_plan(cfg: Mapping) -> TrainingPlan:
     """Client sampling, device profiles, bit-width assignment and fault injection from ``cfg``."""
     strat, faults, client = cfg["strategy"], cfg["faults"], cfg["client"]
@@ -47,10 +61,19 @@ def training_plan(cfg: Mapping) -> TrainingPlan:
     bits = parse_settings(strat["bits"], "strategy.bits")
     recipe = BitSchedule(strat["qat_from_round"], strat["progressive_rounds"])
     return TrainingPlan(strat["name"], strat["sampling"], bits, cfg["num_clients"], cfg["clients_per_round"], cfg["seed"],
-                        profiles_from_config(strat["profiles"]),
+                        run_profiles(cfg),
                         failure_rate=faults["client_failure_rate"], nan_rate=faults["nan_client_rate"],
+                        attacks=attack_plan(faults),
                         lr_schedule=schedule, oscillation=oscillation_plan(cfg, bits),
-                        bit_schedule=recipe if recipe.active else None)
+                        bit_schedule=recipe if recipe.active else None, scheme=Scheme.of(cfg["quantization"]))
+
+
+def attack_plan(faults: Mapping) -> AttackPlan | None:
+    """The hostile clients of ``faults.attack*`` (None: every client honest)."""
+    if faults["attack"] == "none":
+        return None
+    return AttackPlan(faults["attack"], float(faults["attack_rate"]), float(faults["attack_scale"]),
+                      float(faults["attack_std"]))
 
 
 def oscillation_plan(cfg: Mapping, bits: list[Setting]) -> OscillationPlan | None:
@@ -61,19 +84,21 @@ def oscillation_plan(cfg: Mapping, bits: list[Setting]) -> OscillationPlan | Non
     dampen, threshold = float(client["dampen_weight"]), float(client["freeze_threshold"])
     if not (dampen or threshold):
         return None
-    profiles = profiles_from_config(cfg["strategy"]["profiles"])
+    profiles = run_profiles(cfg)
     trained = [s for s in bits if not profiles or any(s in p.settings for p in profiles)] or bits
     ref_bits = min(w for w, _ in trained if w is not None)
     return OscillationPlan(dampen, threshold, float(client["freeze_momentum"]), ref_bits, cfg["num_rounds"],
-                           bool(quant["narrow_range"]), quant["weight_granularity"] == "per_channel")
+                           bool(quant["narrow_range"]), quant["weight_granularity"] == "per_channel",
+                           Scheme.of(quant).pow2)
 
 
 def evaluation_settings(cfg: Mapping, names=None, key: str = "eval.settings") -> list[Setting]:
-    """The settings the server tests the full model at: ``names`` (default ``eval.settings``) plus
-    the deployment settings of every device profile that holds the full model (those of narrower
-    profiles are tested on their sub-models, see :func:`server_evaluator`)."""
+    """The settings the server tests the full model at (at the run's scheme): ``names`` (default
+    ``eval.settings``) plus the deployment settings of every device profile that holds the full
+    model under the run's scheme (those of narrower profiles or of profiles with a scheme of their
+    own are tested on their levels, see :func:`server_evaluator`)."""
     settings = parse_settings(cfg["eval"]["settings"] if names is None else names, key)
-    return with_profile_settings(settings, [p for p in profiles_from_config(cfg["strategy"]["profiles"]) if p.width == 1])
+    return with_profile_settings(settings, [p for p in run_profiles(cfg) if p.level == Level()])
 
 
 def untested_training_settings(cfg: Mapping) -> list[Setting]:
@@ -81,7 +106,7 @@ def untested_training_settings(cfg: Mapping) -> list[Setting]:
     ``eval.settings`` nor a device profile's): worth a warning, since nobody sees how they do."""
     if cfg["strategy"]["name"] != "qafedavg":
         return []
-    tested = evaluation_settings(cfg)
+    tested = evaluation_settings(cfg) + [s for p in run_profiles(cfg) for s in p.settings]  # on every level
     return [s for s in parse_settings(cfg["strategy"]["bits"], "strategy.bits") if s != FLOAT and s not in tested]
 
 
@@ -96,7 +121,8 @@ def server_evaluator(cfg: Mapping, fed: FederatedData, settings: list[Setting] |
     """The server's evaluator for a checked ``cfg``: its model built from the config's model spec,
     the ``eval`` protocol, the hold-out of ``fed``, at ``settings`` (default
     :func:`evaluation_settings`). With width profiles it also tests each width level's sub-model
-    (at fp and its profiles' settings, see :mod:`fedquant.learning.width_evaluation`). The run, its
+    (at fp and its profiles' settings), and with profiles of their own scheme the model under that
+    scheme (at its profiles' settings; see :mod:`fedquant.learning.width_evaluation`). The run, its
     re-evaluation and its export all build their evaluator here."""
     _, spec = experiment_specs(cfg)
     protocol = eval_protocol(cfg)
@@ -105,14 +131,22 @@ def server_evaluator(cfg: Mapping, fed: FederatedData, settings: list[Setting] |
     def evaluator(m: nn.Module, at: list[Setting]) -> Evaluator:
         return Evaluator(m, fed.data, fed.calibration, fed.validation, at, protocol, cfg["eval"]["batch_size"], device)
 
+    def level_model(level: Level) -> nn.Module:
+        model = build_quantized_model(spec, fed.data, cfg["seed"], level.width)
+        model = without_scalers(model) if level.width < 1 else model
+        return set_scheme(model, level.scheme) if level.scheme else model
+
     full = evaluator(build_quantized_model(spec, fed.data, cfg["seed"]), settings)
-    levels = width_levels(profiles_from_config(cfg["strategy"]["profiles"]))
+    levels = deployment_levels(run_profiles(cfg))
     if not levels:
         return full
-    return LevelledEvaluator(full, {
-        width: evaluator(without_scalers(build_quantized_model(spec, fed.data, cfg["seed"], width)),
-                         [FLOAT] + [s for s in at if s != FLOAT])
-        for width, at in sorted(levels.items(), reverse=True)})
+
+    def level_settings(level: Level) -> list[Setting]:  # a sub-model is also tested in float
+        at = levels[level]
+        return at if level.width == 1 else [FLOAT] + [s for s in at if s != FLOAT]
+
+    order = sorted(levels, key=lambda lv: (-lv.width, lv.scheme is not None, lv.scheme.label if lv.scheme else ""))
+    return LevelledEvaluator(full, {level: evaluator(level_model(level), level_settings(level)) for level in order})
 
 
 def round_schedule(cfg: Mapping) -> Schedule:

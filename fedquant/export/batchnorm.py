@@ -10,7 +10,10 @@ exact in real arithmetic (float32 rounding differs by ulps), and the conv-with-b
 toolchains expect. A per-tensor weight scale becomes per channel there (the integers are
 unchanged). A conv whose ``a`` has a zero or negative entry (no positive scale absorbs it) keeps
 its BN as a float ``BatchNormalization`` node after the DQ'd conv, as does every BN with
-``fold_batchnorm=False``; float convs fold BN into their weights (``W a``, ``c``) as usual.
+``fold_batchnorm=False`` and every BN after a conv with power-of-two scales (``s a`` is no power
+of two; the simulation does not fold it either: :func:`fedquant.quant.integer_bias.folds_batchnorm`),
+so that every scale of such a conv in the file is ``2^k``; float convs fold BN into their weights
+(``W a``, ``c``) as usual.
 GroupNorm depends on the data and stays a float ``GroupNormalization`` node (opset 21: one scale
 and bias per channel). The encodings' ``batchnorm`` entry says what happened to each BN: a folded
 conv's ``param_encodings`` hold the folded scale ``s a``, i.e. the scale of the stored integers.
@@ -24,6 +27,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..quant.graph import batchnorm_user
+from ..quant.integer_bias import folds_batchnorm
 from ..quant.modules import QuantLayerMixin
 from .builder import NodeBuilder, f32
 
@@ -53,6 +57,10 @@ class BatchNormNodes(NodeBuilder):
         bn = self.modules[user.target]
         a, c = bn_affine(bn)
         quantized = isinstance(layer, QuantLayerMixin) and layer.weight_quantizer.bits is not None
+        if quantized and not folds_batchnorm(layer):
+            self.batchnorm[user.target] = (f"kept as float BatchNormalization after {node.target} (power-of-two "
+                                           "scales: s_w a is no power of two)")
+            return None
         if quantized and not (np.isfinite(a).all() and (a > 0).all()):
             self.batchnorm[user.target] = f"kept as float BatchNormalization after {node.target} (a scale <= 0)"
             return None

@@ -43,6 +43,7 @@ import onnx
 import onnxruntime as ort
 import torch
 import torch.nn.functional as F
+from onnx import numpy_helper
 from torch import nn
 
 from ..data import Dataset
@@ -67,6 +68,20 @@ def session(model: bytes, exact: bool = True, threads: int = 1) -> ort.Inference
     options.log_severity_level = 3  # no warnings about serialising optimised models
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"],
                                 disabled_optimizers=[BIAS_QUANTIZATION] if exact else [])
+
+
+def non_pow2_scales(model: onnx.ModelProto) -> list[str]:
+    """The scale initializers (``*.scale``: every QuantizeLinear/DequantizeLinear scale, the int32
+    bias grids included) that are not exactly a power of two in float32: sign 0, exponent field in
+    1..254 (normal) and mantissa bits 0. A model with power-of-two scales has none."""
+    bad = []
+    for tensor in model.graph.initializer:
+        if tensor.name.endswith(".scale"):
+            bits = numpy_helper.to_array(tensor).astype(np.float32).reshape(-1).view(np.uint32)
+            exponent = (bits >> 23) & 0xFF
+            if ((bits & 0x807FFFFF) != 0).any() or (exponent == 0).any() or (exponent == 0xFF).any():
+                bad.append(tensor.name)
+    return bad
 
 
 def logits(sess: ort.InferenceSession, x: torch.Tensor | np.ndarray, batch_size: int = 256) -> np.ndarray:

@@ -9,7 +9,10 @@ The fake quantizers of :mod:`fedquant.quant.quantizers`, restated on integers::
   ``[-2^(b-1), 2^(b-1) - 1]`` (full);
 * activations (the input of every quantized Conv/Linear): asymmetric and unsigned, per tensor,
   grid ``[0, 2^b - 1]`` over the range ``[lo, hi] = [min(lo, 0), max(hi, 0)]``,
-  ``s = (hi - lo) / (2^b - 1)``, ``z = clamp(round(-lo / s), 0, 2^b - 1)``.
+  ``s = (hi - lo) / (2^b - 1)``, ``z = clamp(round(-lo / s), 0, 2^b - 1)``;
+* with power-of-two scales (the scheme's ``scale: pow2``) both scales are ``2^ceil(log2 s)`` of
+  the above (:func:`fedquant.quant.grids.pow2_scale`), exact in float32; the document's
+  ``scheme`` says which (and the weight granularity).
 
 The integers are read back from what the simulation computes, never recomputed by another
 formula: a weight's integers are ``round(w_hat / s)`` of the fake-quantized weight ``w_hat`` the
@@ -111,7 +114,7 @@ def activation_encoding(quantizer: ActivationQuantizer) -> Encoding | None:
     lo, hi = float(quantizer.min_val), float(quantizer.max_val)
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
         raise ValueError(f"activation range [{lo}, {hi}] is not calibrated: deploy the model first")
-    scale, zero_point = host_asymmetric_qparams(lo, hi, bits)
+    scale, zero_point = host_asymmetric_qparams(lo, hi, bits, quantizer.pow2)
     return Encoding(bits, False, np.array([scale], dtype=np.float32), np.array([int(zero_point)], dtype=np.int64),
                     0, 2**bits - 1, None, container(bits, signed=False, int4=False))
 
@@ -142,13 +145,13 @@ def weight_encoding(layer: QuantLayerMixin, int4: bool = True) -> tuple[np.ndarr
 
 def encodings_document(setting: str, activations: dict[str, tuple[Encoding, list[str]]],
                        params: dict[str, Encoding], batchnorm: dict[str, str],
-                       modules: dict[str, str] | None = None) -> dict:
+                       modules: dict[str, str] | None = None, scheme: dict | None = None) -> dict:
     """The ``<setting>.encodings.json`` content: the grids of every quantized tensor of the ONNX
     graph, keyed by its tensor name there (``activation_encodings``: the tensor a QuantizeLinear
     reads, with the layers that consume it; ``param_encodings``: the initializer), the fate of
-    every BatchNorm, and ``modules``: each layer's ONNX name -> its module name in the model (the
-    prefix of its ``state_dict`` keys)."""
-    return {"version": FORMAT, "setting": setting, "formula": FORMULA,
+    every BatchNorm, ``modules``: each layer's ONNX name -> its module name in the model (the
+    prefix of its ``state_dict`` keys), and the quantizer ``scheme`` (weight granularity, scale)."""
+    return {"version": FORMAT, "setting": setting, "formula": FORMULA, **({"scheme": scheme} if scheme else {}),
             "activation_encodings": {name: enc.to_json() | {"consumers": consumers}
                                      for name, (enc, consumers) in activations.items()},
             "param_encodings": {name: enc.to_json() for name, enc in params.items()},

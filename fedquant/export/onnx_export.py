@@ -26,6 +26,7 @@ from onnx import TensorProto, helper
 from torch import nn
 
 from ..quant.graph import trace
+from ..quant.scheme import get_scheme
 from .builder import INPUT, OUTPUT
 from .encodings import encodings_document
 from .ops import OpNodes
@@ -81,10 +82,12 @@ def export_model(model: nn.Module, input_shape: tuple[int, ...], setting: str = 
     onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                    producer_name="fedquant", ir_version=IR_VERSION,
                                    doc_string=f"fedquant model at {setting or 'its current setting'} (QDQ)")
+    scheme = get_scheme(model)
     helper.set_model_props(onnx_model, {"setting": setting, "input": "normalized float image, NCHW",
-                                        "batchnorm": "fold" if fold_batchnorm else "float"})
+                                        "batchnorm": "fold" if fold_batchnorm else "float", "scheme": scheme.label})
     onnx_model = onnx.shape_inference.infer_shapes(onnx_model, check_type=True, strict_mode=True)
     onnx.checker.check_model(onnx_model, full_check=True)
-    encodings = encodings_document(setting, builder.activations, builder.params, builder.batchnorm, builder.layers)
+    encodings = encodings_document(setting, builder.activations, builder.params, builder.batchnorm, builder.layers,
+                                   {"weight_granularity": scheme.weight_granularity, "scale": scheme.scale})
     folded = sorted(k for k, v in builder.batchnorm.items() if v.startswith("folded"))
     return Exported(onnx_model, encodings, folded, builder.layers)

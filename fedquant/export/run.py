@@ -10,7 +10,9 @@ run's ``eval.settings`` plus ``fp``, in ``--out`` (default ``<run dir>/export``)
 device profile of the run (``strategy.profiles``) a subfolder ``<profile name>/`` with that
 profile's settings, on the profile's own sub-model when it has a ``width`` below 1 (HeteroFL:
 the first ``ceil(width * C)`` channels of every hidden layer, cut from the global model and
-calibrated like the server's per-width evaluation). ``--settings`` exports exactly the settings given (no profile folders); a
+calibrated like the server's per-width evaluation) and under the profile's quantizer scheme
+(weight granularity, float or power-of-two scales; a power-of-two scale is written exactly,
+``2^k`` in the float32 initializer, and a BatchNorm after such a conv stays a float node). ``--settings`` exports exactly the settings given (no profile folders); a
 setting the run never evaluated is allowed (it is calibrated the same way; there is just no
 reported accuracy to compare with), a malformed one is an error. Every file is checked with
 onnxruntime on 256 test images against the simulated model (the largest logit difference is
@@ -34,13 +36,14 @@ from pathlib import Path
 
 from ..data import DatasetError
 from ..experiment.config import complete
-from ..experiment.specs import experiment_specs, server_evaluator
+from ..experiment.specs import experiment_specs, run_profiles, server_evaluator
 from ..experiment.workspace import federated_data
 from ..federation.bitwidths import FLOAT, Setting, parse_settings, setting_name
-from ..federation.profiles import at_width, profiles_from_config
+from ..federation.profiles import Level
 from ..learning.evaluation import Evaluator, accuracy, model_bytes
 from ..models.state import float_state
 from ..models.width import extract
+from ..quant.scheme import get_scheme
 from ..runtime.checkpoint import CheckpointError, evaluated_state, list_checkpoints, load_checkpoint
 from ..tracking.files import atomic_write
 from ..tracking.progress import Progress, seconds
@@ -90,18 +93,18 @@ def find_checkpoint(target: Path) -> Path:
     return found[-1]
 
 
-def plan_settings(cfg: dict, names: list[str] | None) -> dict[str, tuple[float, list[Setting]]]:
-    """Folder (``""`` = the output folder, else a profile's name) -> (model width, settings to
-    export there)."""
+def plan_settings(cfg: dict, names: list[str] | None) -> dict[str, tuple[Level, list[Setting]]]:
+    """Folder (``""`` = the output folder, else a profile's name) -> (the level: model width and
+    scheme, settings to export there)."""
     if names is not None:
-        return {"": (1.0, parse_settings(names, "--settings"))}
+        return {"": (Level(), parse_settings(names, "--settings"))}
     evaluated = parse_settings(cfg["eval"]["settings"], "eval.settings")
-    plan = {"": (1.0, ([] if FLOAT in evaluated else [FLOAT]) + evaluated)}
-    for profile in profiles_from_config(cfg["strategy"]["profiles"]):
+    plan = {"": (Level(), ([] if FLOAT in evaluated else [FLOAT]) + evaluated)}
+    for profile in run_profiles(cfg):
         folder = re.sub(r"[^A-Za-z0-9_.-]", "_", profile.name)
         if folder in ("", ".", ".."):
             raise ExportError(f"profile name {profile.name!r} cannot be a folder name")
-        plan[folder] = (profile.width, profile.settings)
+        plan[folder] = (profile.level, profile.settings)
     return plan
 
 
@@ -128,7 +131,7 @@ def check_writable(out: Path) -> None:
 def build_artifact(evaluator: Evaluator, state: dict, setting: Setting, fold_batchnorm: bool, int4: bool,
                    full_check: bool) -> Artifact:
     """Deploy ``setting`` as the server does, export it and check it with onnxruntime."""
-    from .check import compare, onnx_accuracy, session
+    from .check import compare, non_pow2_scales, onnx_accuracy, session
     from .onnx_export import export_model
 
     name = setting_name(setting)
@@ -139,6 +142,8 @@ def build_artifact(evaluator: Evaluator, state: dict, setting: Setting, fold_bat
     data = evaluator.data
     exported = export_model(model, data.image_shape, name, fold_batchnorm=fold_batchnorm, int4=int4,
                             integer_bias=evaluator.protocol.integer_bias)
+    if get_scheme(model).pow2 and (bad := non_pow2_scales(exported.model)):
+        raise ExportError(f"{name}: the scales {', '.join(bad)} are not powers of two, as the scheme requires")
     blob = exported.to_bytes()
     exact = session(blob, exact=True)
     agreement = compare(model, exported, data.normalize(data.test_x[:CHECK_IMAGES]))
@@ -167,7 +172,7 @@ def export_run(target: Path, out: Path | None = None, names: list[str] | None = 
         plan = plan_settings(cfg, names)
     except ValueError as err:
         raise ExportError(str(err)) from None
-    jobs = list(dict.fromkeys((width, s) for width, folder in plan.values() for s in folder))  # (width, setting)
+    jobs = list(dict.fromkeys((level, s) for level, folder in plan.values() for s in folder))  # (level, setting)
     settings = list(dict.fromkeys(s for _, s in jobs))
     check_calibration(cfg, settings)
     out = out if out is not None else checkpoint.parent / "export"
@@ -177,27 +182,27 @@ def export_run(target: Path, out: Path | None = None, names: list[str] | None = 
         fed = federated_data(experiment_specs(cfg)[0])
     except DatasetError as err:
         raise ExportError(str(err)) from None
-    evaluator = server_evaluator(cfg, fed, [s for w, s in jobs if w == 1] or [FLOAT])
-    labels = [at_width(setting_name(s), w) for w, s in jobs]
+    evaluator = server_evaluator(cfg, fed, [s for level, s in jobs if level == Level()] or [FLOAT])
+    labels = [level.name(setting_name(s)) for level, s in jobs]
     log(f"{checkpoint} (round {payload.get('round')}): {cfg['model']['name']} on {cfg['dataset']['name']}, "
         f"{len(fed.calibration)} calibration images; exporting {', '.join(labels)}")
     artifacts = {}
     state = evaluated_state(payload)
     progress = Progress()  # the setting being built: live on a terminal; in logs a line after 15 s without one
     try:
-        for i, ((width, setting), name) in enumerate(zip(jobs, labels, strict=True), 1):
+        for i, ((level, setting), name) in enumerate(zip(jobs, labels, strict=True), 1):
             begun = time.monotonic()
             progress.update(lambda name=name, i=i, begun=begun: f"exporting {name} ({i}/{len(jobs)} settings): "
                             f"calibrating, tracing, checking, {seconds(time.monotonic() - begun)}")
-            level = evaluator if width == 1 else evaluator.levels[width]
-            level_state = state if width == 1 else extract(state, float_state(level.model))
+            deployer = evaluator if level == Level() else evaluator.levels[level]
+            level_state = state if level.width == 1 else extract(state, float_state(deployer.model))
             try:
-                artifacts[width, setting] = build_artifact(level, level_state, setting, fold_batchnorm, int4,
+                artifacts[level, setting] = build_artifact(deployer, level_state, setting, fold_batchnorm, int4,
                                                            full_check)
             except ValueError as err:  # an unsupported op or a state that does not match the model
                 raise ExportError(f"{name}: {err}") from None
-            a = artifacts[width, setting]
-            note = "" if setting in evaluated or setting == FLOAT or width < 1 else " (not in the run's eval.settings)"
+            a = artifacts[level, setting]
+            note = "" if setting in evaluated or setting == FLOAT or level != Level() else " (not in the run's eval.settings)"
             scores = " ".join(f"{k} {100 * v:.2f}" for k, v in a.accuracy.items())
             log(f"  {name:>8}  {len(a.onnx):>10,} bytes on disk  model_bytes {a.model_bytes:>10,}  "
                 f"max |logit diff| {a.logit_diff:.2e}{a.explanation}{'  test accuracy: ' + scores if scores else ''}{note}  "
@@ -206,11 +211,11 @@ def export_run(target: Path, out: Path | None = None, names: list[str] | None = 
         progress.close()
     written = []
     try:
-        for folder, (width, folder_settings) in plan.items():
+        for folder, (level, folder_settings) in plan.items():
             target_dir = out / folder
             target_dir.mkdir(parents=True, exist_ok=True)
             for setting in folder_settings:
-                a, stem = artifacts[width, setting], setting_name(setting)
+                a, stem = artifacts[level, setting], setting_name(setting)
                 written.append(atomic_write(target_dir / f"{stem}.onnx", lambda tmp, blob=a.onnx: tmp.write_bytes(blob)))
                 write_json(target_dir / f"{stem}.encodings.json", a.encodings)
                 written.append(target_dir / f"{stem}.encodings.json")

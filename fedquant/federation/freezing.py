@@ -64,6 +64,7 @@ class OscillationPlan:
     num_rounds: int
     narrow_range: bool = True
     per_channel: bool = True
+    pow2: bool = False  # the run's scheme: power-of-two scales (grids.pow2_scale)
 
     @property
     def freezing(self) -> bool:
@@ -82,7 +83,7 @@ class OscillationPlan:
         channels = weight.shape[0] if self.per_channel else 1
         if clip.numel() != channels:
             raise ValueError(f"clip has {clip.numel()} entries, the weight's quantizer {channels}")
-        s = weight_scale(weight, clip.reshape(channels), self.ref_bits, self.per_channel)
+        s = weight_scale(weight, clip.reshape(channels), self.ref_bits, self.per_channel, self.pow2)
         return s.reshape((-1,) + (1,) * (weight.dim() - 1)) if self.per_channel else s
 
 

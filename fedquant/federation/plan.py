@@ -6,9 +6,11 @@ Every draw uses a generator seeded by (seed, round, ...) so any round can be rep
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from ..quant.scheme import Scheme
 from ..streams import Stream, stream_rng
+from .attacks import Attack, AttackPlan
 from .bitwidths import FLOAT, BitSampler, Setting, encode
 from .freezing import OscillationPlan
 from .profiles import Profile, assign_profiles
@@ -37,9 +39,11 @@ class TrainingPlan:
     profiles: list[Profile]
     failure_rate: float = 0.0  # simulation-only fault injection: share of sampled clients that raise
     nan_rate: float = 0.0  # simulation-only: share of sampled clients that reply with NaN weights
+    attacks: AttackPlan | None = None  # simulation-only: hostile clients (faults.attack; None: none)
     lr_schedule: LRSchedule | None = None  # the client learning rate per round (None: the config's)
     bit_schedule: BitSchedule | None = None  # warm-start recipes: float rounds first, lowest bits later
     oscillation: OscillationPlan | None = None  # oscillation dampening / weight freezing (None: off)
+    scheme: Scheme = field(default_factory=Scheme)  # the run's quantizer scheme (quantization section)
 
     def __post_init__(self) -> None:
         self.profile_of = assign_profiles(self.profiles, self.num_clients, self.seed) if self.profiles else None
@@ -58,6 +62,11 @@ class TrainingPlan:
         if own:
             return own
         return [max((s for s in self.bits if s in profile), key=precision)]
+
+    def scheme_of(self, client: int) -> Scheme:
+        """The quantizer scheme client ``client`` trains with: its profile's, else the run's."""
+        own = None if self.profile_of is None else self.profiles[self.profile_of[client]].scheme
+        return own or self.scheme
 
     def width(self, client: int) -> float:
         """The width of the sub-model client ``client`` trains (its profile's; 1: the full model)."""
@@ -84,6 +93,10 @@ class TrainingPlan:
         if self.nan_rate <= 0:
             return False
         return bool(stream_rng(self.seed, Stream.NAN, server_round, client).random() < self.nan_rate)
+
+    def attack(self, server_round: int, client: int) -> Attack | None:
+        """The attack ``client`` makes in ``server_round`` (None: honest; the same in a retry)."""
+        return None if self.attacks is None else self.attacks.attack(self.seed, server_round, client)
 
     def client_seed(self, server_round: int, client: int) -> int:
         return int(stream_rng(self.seed, Stream.CLIENT_SEED, server_round, client).integers(2**31))

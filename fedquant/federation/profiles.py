@@ -1,6 +1,13 @@
 """Device profiles: classes of devices, the share of clients that have each, the bit-widths it
-runs and the width of the model it holds (HeteroFL's capacity ratio, see
-:mod:`fedquant.models.width`)."""
+runs, the width of the model it holds (HeteroFL's capacity ratio, see
+:mod:`fedquant.models.width`) and its quantizer scheme (weight granularity, float or power-of-two
+scales: :class:`fedquant.quant.scheme.Scheme`).
+
+What a profile deploys on is its :class:`Level`: the sub-model width and the scheme. The server
+tests the full model at the run's scheme (``quantization``) and every other level its profiles
+hold; a setting's result on a level is named ``<setting>[@<width>][:<scheme>]``, e.g.
+``w2a2@0.25`` or ``w4a4:per_tensor-pow2`` (the setting's own name on the full model at the run's
+scheme)."""
 
 from __future__ import annotations
 
@@ -9,29 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..quant.scheme import Scheme
 from ..streams import Stream, stream_rng
 from .bitwidths import Setting, parse_setting, setting_name
-
-
-@dataclass(frozen=True)
-class Profile:
-    """A device class: its name, the share of clients that have it, the bit-widths it runs (ints,
-    or ``"fp"`` for float) and the width ``r`` of its sub-model (1: the full model)."""
-
-    name: str
-    share: float
-    bits: tuple[int | str, ...]
-    width: float = 1.0
-
-    @property
-    def settings(self) -> list[Setting]:
-        return [parse_setting(b) for b in self.bits]
-
-
-def profiles_from_config(entries: Sequence[Mapping]) -> list[Profile]:
-    """``strategy.profiles`` entries (``{name, share, bits[, width]}``) as :class:`Profile` objects."""
-    return [Profile(p["name"], float(p["share"]), tuple(p["bits"]), float(p.get("width", Profile.width)))
-            for p in entries]
 
 
 def at_width(name: str, width: float) -> str:
@@ -40,13 +27,61 @@ def at_width(name: str, width: float) -> str:
     return name if width == 1 else f"{name}@{width:g}"
 
 
-def width_levels(profiles: list[Profile]) -> dict[float, list[Setting]]:
-    """The widths below 1 that profiles hold, each with the settings its profiles deploy."""
-    levels: dict[float, list[Setting]] = {}
+@dataclass(frozen=True)
+class Level:
+    """What a profile deploys on: the sub-model ``width`` and the quantizer ``scheme`` (None: the
+    run's, ``quantization``). ``Level()`` is the full model at the run's scheme."""
+
+    width: float = 1.0
+    scheme: Scheme | None = None
+
+    def name(self, setting: str) -> str:
+        """``<setting>[@<width>][:<scheme>]`` (module docstring)."""
+        return at_width(setting, self.width) + (f":{self.scheme.label}" if self.scheme else "")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A device class: its name, the share of clients that have it, the bit-widths it runs (ints,
+    or ``"fp"`` for float), the width ``r`` of its sub-model (1: the full model) and its quantizer
+    ``scheme`` where it differs from the run's (None: the run's)."""
+
+    name: str
+    share: float
+    bits: tuple[int | str, ...]
+    width: float = 1.0
+    scheme: Scheme | None = None
+
+    @property
+    def settings(self) -> list[Setting]:
+        return [parse_setting(b) for b in self.bits]
+
+    @property
+    def level(self) -> Level:
+        return Level(self.width, self.scheme)
+
+
+def profiles_from_config(entries: Sequence[Mapping], quantization: Mapping | None = None) -> list[Profile]:
+    """``strategy.profiles`` entries (``{name, share, bits[, width, weight_granularity, scale]}``)
+    as :class:`Profile` objects; a profile's scheme is the ``quantization`` section's (None: the
+    defaults) with the profile's own ``weight_granularity`` / ``scale`` where it sets them."""
+    run = Scheme.of(quantization or {})
+    profiles = []
+    for p in entries:
+        own = run.over(p)
+        profiles.append(Profile(p["name"], float(p["share"]), tuple(p["bits"]), float(p.get("width", Profile.width)),
+                                None if own == run else own))
+    return profiles
+
+
+def deployment_levels(profiles: list[Profile]) -> dict[Level, list[Setting]]:
+    """The levels other than ``Level()`` that profiles hold (a width below 1, a scheme of their
+    own), each with the settings its profiles deploy."""
+    levels: dict[Level, list[Setting]] = {}
     for p in profiles:
-        if p.width < 1:
-            levels.setdefault(p.width, [])
-            levels[p.width] += [s for s in p.settings if s not in levels[p.width]]
+        if p.level != Level():
+            levels.setdefault(p.level, [])
+            levels[p.level] += [s for s in p.settings if s not in levels[p.level]]
     return levels
 
 
@@ -65,7 +100,8 @@ def with_profile_settings(settings: list[Setting], profiles: list[Profile]) -> l
     return settings + list(dict.fromkeys(s for p in profiles for s in p.settings if s not in settings))
 
 
-def per_profile(profiles: list[Profile], accuracy: Mapping[str, float]) -> dict[str, dict[str, float]]:
-    """Accuracy at each profile's deployment settings (on its sub-model when its width is below 1)."""
-    return {p.name: {setting_name(s): accuracy[at_width(setting_name(s), p.width)] for s in p.settings}
+def per_profile(profiles: list[Profile], values: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """Each profile's values (accuracy, ``model_bytes``) at its deployment settings, on its level
+    (its sub-model when its width is below 1, under its scheme)."""
+    return {p.name: {setting_name(s): values[p.level.name(setting_name(s))] for s in p.settings}
             for p in profiles}

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter
 
 from ..quant.config import MAX_BITS
+from ..quant.scheme import Scheme
 from .bitwidths import Setting, parse_setting, setting_name
 
 ARRAYS = "arrays"
@@ -19,6 +20,7 @@ PARTITION = "data-partition"  # our client partition (Flower's node_config "part
 SETTINGS = "settings"  # list[str]: the settings to train at (sampled per step or fixed)
 SAMPLING = "sampling"  # per_step | per_round | fixed
 WIDTH = "width"  # the client's sub-model width (HeteroFL); its arrays travel cut to that width
+WEIGHT_GRANULARITY, SCALE = "weight-granularity", "quant-scale"  # the client's quantizer scheme (its profile's)
 SEED = "seed"
 PROXIMAL_MU = "proximal-mu"  # set by Flower's FedProx
 # shared train config: ConfigRecord key <- (config key under `client`, TrainConfig field, type)
@@ -44,6 +46,10 @@ UPLINK_SEND, ERROR_FEEDBACK = "uplink-send", "error-feedback"
 STATE_KEEP_FROM = "state-keep-from"  # the server's newest checkpoint round: older residuals may go
 INJECT_FAILURE = "inject-failure"  # simulation-only fault injection: the client raises
 INJECT_NAN = "inject-nan"  # simulation-only fault injection: the client replies with NaN weights
+# simulation-only hostile clients (fedquant.federation.attacks), sent only to the clients that attack
+ATTACK = "attack"  # sign_flip | scale | noise | malformed
+ATTACK_SCALE, ATTACK_STD = "attack-scale", "attack-std"  # scale: s; noise: sigma
+MALFORMATION = "malformation"  # malformed: how the reply breaks the protocol
 
 # reply metrics (identical key set in every reply, as Flower's aggregation requires)
 NUM_EXAMPLES = "num-examples"
@@ -53,6 +59,8 @@ TRAIN_SECONDS = "train-seconds"  # wall time of the client's local training
 TRAIN_CPU_SECONDS = "train-cpu-seconds"  # CPU time of the worker thread during it
 TRACKED_STEPS = "tracked-steps"  # local steps the oscillation counts cover (0: not counted)
 NODE_INDEX = "node-index"  # the virtual node's index in the simulation engine (-1: unknown)
+REPLY_METRICS = (NUM_EXAMPLES, TRAIN_LOSS, PARTITION, BITS_HIST, TRAIN_SECONDS, TRAIN_CPU_SECONDS, NODE_INDEX,
+                 TRACKED_STEPS)  # every training reply's metric keys, no more, no fewer
 
 _SIDE = MAX_BITS + 1  # index 0 = float, 2..16 = bits (1 unused)
 
@@ -91,3 +99,14 @@ def train_fields(record) -> dict:
     fields["dampen_weight"] = float(record.get(DAMPEN, 0.0))
     fields["track_bits"] = int(record.get(TRACK_BITS, 0)) or None
     return fields
+
+
+def scheme_record(scheme: Scheme) -> dict:
+    """A client's quantizer scheme as per-node ConfigRecord entries."""
+    return {WEIGHT_GRANULARITY: scheme.weight_granularity, SCALE: scheme.scale}
+
+
+def received_scheme(record, default: Scheme) -> Scheme:
+    """Inverse of :func:`scheme_record`; ``default`` (the run's scheme) where the record has none."""
+    return Scheme(str(record.get(WEIGHT_GRANULARITY, default.weight_granularity)),
+                  str(record.get(SCALE, default.scale)))

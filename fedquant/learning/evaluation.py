@@ -41,6 +41,12 @@ from .batches import memory_format_for, to_input
 PTQ_METHODS = ("basic", "adaround")
 SettingHook = Callable[[str, int, int], None]  # on_setting(name, i, m): setting i of m starts
 SCALE_BYTES = 4  # float32 scales
+POW2_SCALE_BYTES = 1  # a power-of-two scale 2^k is stored as its exponent k (int8: a shift amount)
+
+
+def scale_bytes(pow2: bool) -> int:
+    """Bytes of one stored scale: float32, or the int8 exponent of a power of two."""
+    return POW2_SCALE_BYTES if pow2 else SCALE_BYTES
 
 
 def zero_point_bytes(bits: int) -> int:
@@ -51,17 +57,20 @@ def zero_point_bytes(bits: int) -> int:
 def model_bytes(model: nn.Module, setting: Setting) -> int:
     """Deployed size: Conv/Linear weights at their bit-width (pinned layers at theirs), every
     other parameter (biases, norm affine) at 32 bits, and the quantization parameters: per
-    quantized weight channel a float32 scale and a zero-point, per quantized activation tensor a
-    float32 scale and a zero-point (:func:`zero_point_bytes`). Statistics are excluded."""
+    quantized weight channel (one per tensor, with a per-tensor scheme) a scale and a zero-point,
+    per quantized activation tensor a scale and a zero-point (:func:`zero_point_bytes`); a scale
+    is a float32, or with power-of-two scales its int8 exponent (:func:`scale_bytes`). Statistics
+    are excluded."""
     bits_total = 0
     counted = set()
     for layer in quant_layers(model):
         w, a = layer.effective_bits(*setting)
         bits_total += layer.weight.numel() * (w or 32)
+        wq, aq = layer.weight_quantizer, layer.input_quantizer
         if w is not None:
-            bits_total += layer.weight_quantizer.clip.numel() * 8 * (SCALE_BYTES + zero_point_bytes(w))
+            bits_total += wq.num_scales * 8 * (scale_bytes(wq.pow2) + zero_point_bytes(w))
         if a is not None:
-            bits_total += 8 * (SCALE_BYTES + zero_point_bytes(a))
+            bits_total += 8 * (scale_bytes(aq.pow2) + zero_point_bytes(a))
         counted.add(id(layer.weight))
     bits_total += sum(p.numel() * 32 for p in model.parameters() if id(p) not in counted)
     return math.ceil(bits_total / 8)
@@ -100,8 +109,9 @@ class EvalProtocol:
                 + (f" ({self.act_percentile:g}th)" if self.act_range == "percentile" else ""),
                 "ptq": self.ptq + (f" ({self.adaround_iterations} iterations per layer)" if self.ptq == "adaround"
                                    else "") + (" + bias correction" if self.bias_correction else ""),
-                "bias": ("int32 on s_x s_w (BatchNorm folded into the conv before it)" if self.integer_bias
-                         else "float"),
+                "bias": ("float" if not self.integer_bias else "int32 on s_x s_w (power-of-two scales: BatchNorm not "
+                         "folded)" if any(layer.weight_quantizer.pow2 for layer in quant_layers(model))
+                         else "int32 on s_x s_w (BatchNorm folded into the conv before it)"),
                 "calibration_samples": calibration, "validation_samples": validation}
 
 

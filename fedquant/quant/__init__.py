@@ -13,10 +13,11 @@ from .modules import (
 )
 from .quantizers import ActivationQuantizer, WeightQuantizer
 from .regularizers import gradient_l1_loss, kurtosis, kurtosis_loss
+from .scheme import Scheme, get_scheme, set_scheme
 
 __all__ = [
-    "ActivationQuantizer", "QuantConfig", "QuantConv2d", "QuantLinear", "WeightQuantizer",
-    "act_grid", "asymmetric_qparams", "calibrate", "check_bits", "get_bitwidth",
+    "ActivationQuantizer", "QuantConfig", "QuantConv2d", "QuantLinear", "Scheme", "WeightQuantizer",
+    "act_grid", "asymmetric_qparams", "calibrate", "check_bits", "get_bitwidth", "get_scheme",
     "gradient_l1_loss", "kurtosis", "kurtosis_loss", "quant_layers", "quantize_model",
-    "reestimate_batchnorm", "set_bitwidth", "set_weight_ranges", "weight_grid",
+    "reestimate_batchnorm", "set_bitwidth", "set_scheme", "set_weight_ranges", "weight_grid",
 ]

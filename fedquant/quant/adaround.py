@@ -29,6 +29,11 @@ the largest magnitude), nudged by a few ulps if the quantizer's float32 formula 
 exactly; both are checked (RuntimeError otherwise). Setting
 weight ranges afterwards (:func:`set_weight_ranges`, or :func:`calibrate` with a
 ``weight_range``) overwrites ``clip`` and moves the grid: calibrate with ``weight_range=None``.
+
+Power-of-two scales: AdaRound learns the rounding with the scale fixed, and the scale it starts
+from is the quantizer's, already ``2^ceil(log2 s)``; the clip it writes back is checked to give
+that same power of two through the quantizer's full formula (pow2 included), so the scales after
+AdaRound are the same powers of two (a scheme's granularity is kept the same way).
 """
 
 from __future__ import annotations
@@ -222,15 +227,16 @@ def _write_exact(layer: nn.Module, q: torch.Tensor, s: torch.Tensor) -> None:
 
 def _exact_clip(wq: WeightQuantizer, q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """Per channel the clip ``c`` closest to ``d / max|q|`` (within 8 ulps) for which the
-    quantizer's ``symmetric_scale(max|s * q| * c)`` is ``s`` bit for bit (``d = 2^(b-1) - 1``).
-    ``d / max|q|`` itself has done it for every scale the quantizer produced in our tests."""
+    quantizer's ``symmetric_scale(max|s * q| * c)`` (with its ``pow2`` rounding) is ``s`` bit for
+    bit (``d = 2^(b-1) - 1``). ``d / max|q|`` itself has done it for every scale the quantizer
+    produced in our tests."""
     d = 2 ** (wq.bits - 1) - 1
     top = wq.absmax(q)  # max |q|; max|s * q| == s * max|q| (rounding is monotone)
     clip0 = torch.where(top > 0, d / top.clamp_min(1.0), torch.ones_like(top))
     best, found = clip0.clone(), torch.zeros_like(s, dtype=torch.bool)
     for ulps in (0, 1, -1, 2, -2, 3, -3, 4, -4, 5, -5, 6, -6, 7, -7, 8, -8):
         clip = _nudge(clip0, ulps)
-        hit = ~found & (symmetric_scale(s * top * clip, wq.bits) == s)
+        hit = ~found & (symmetric_scale(s * top * clip, wq.bits, wq.pow2) == s)
         best, found = torch.where(hit, clip, best), found | hit
         if found.all():
             return best

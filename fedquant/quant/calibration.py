@@ -6,6 +6,12 @@ Activations (asymmetric ``[lo, hi]``, observed on calibration data): ``minmax`` 
 observed extremes; ``mse`` scales them by the fraction in the same grid that minimises the
 fake-quantization MSE on a sample; ``percentile`` takes the ``p``-th and ``(100-p)``-th
 percentiles of the sample (``p`` = 99.99 by default). Never run per training step.
+
+Every range is turned into a scale by the quantizer's own formula, so a scheme's rules hold for
+all of them: with power-of-two scales (``pow2``) the ``max``, ``minmax`` and ``percentile`` ranges
+give ``2^ceil(log2 s)`` of their float scale, and the MSE searches score each candidate on its
+power-of-two grid (so they pick the best snapped range); per tensor, the weight MSE is one fraction
+for the whole tensor.
 """
 
 from __future__ import annotations
@@ -50,13 +56,14 @@ def _percentile_act_range(obs: _RangeObserver, percentile: float) -> tuple[torch
     return q[0], q[1]
 
 
-def _mse_act_range(obs: _RangeObserver, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Range ``alpha * [lo, hi]`` minimising the fake-quantization MSE on the sample."""
+def _mse_act_range(obs: _RangeObserver, bits: int, pow2: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Range ``alpha * [lo, hi]`` minimising the fake-quantization MSE on the sample (on the
+    power-of-two grid of each candidate with ``pow2``)."""
     x = torch.cat(obs.samples)
     qmax = 2**bits - 1
     best, best_err = 1.0, float("inf")
     for alpha in CLIP_GRID.tolist():
-        scale, zp = asymmetric_qparams(obs.lo * alpha, obs.hi * alpha, bits)
+        scale, zp = asymmetric_qparams(obs.lo * alpha, obs.hi * alpha, bits, pow2)
         err = (torch.fake_quantize_per_tensor_affine(x, scale, zp.int(), 0, qmax) - x).pow(2).mean().item()
         if err < best_err:
             best, best_err = alpha, err
@@ -146,7 +153,7 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], act_range: str 
         for layer, obs in observers.items():
             aq = layer.input_quantizer
             if act_range == "mse" and aq.bits is not None:
-                aq.set_range(*_mse_act_range(obs, aq.bits))
+                aq.set_range(*_mse_act_range(obs, aq.bits, aq.pow2))
             elif act_range == "percentile" and aq.bits is not None:
                 aq.set_range(*_percentile_act_range(obs, percentile))
             else:

@@ -9,6 +9,7 @@ from ..fields import check_fields, key
 
 MIN_BITS, MAX_BITS = 2, 16
 GRANULARITIES = ("per_channel", "per_tensor")
+SCALES = ("float", "pow2")  # float scales, or powers of two (s = 2^ceil(log2 s_float): grids.pow2_scale)
 RANGE_TRACKING = ("running", "hindsight")
 WEIGHT_RANGES = ("max", "mse")  # weight range at evaluation: max|w|, or the MSE-optimal clip of it
 ACT_RANGES = ("minmax", "mse", "percentile")  # activation range at calibration
@@ -53,6 +54,11 @@ class QuantConfig:
     ``weight_bits``/``act_bits`` are the initial bit-widths (``None`` = float); switch them at run
     time with :func:`fedquant.quant.set_bitwidth`. ``pin_first_last`` keeps the first and the last
     quantized layer at ``pinned_bits`` whenever quantization is on (common practice: 8 bits).
+    ``scale="pow2"`` rounds every weight and activation scale up to a power of two,
+    ``s = 2^ceil(log2 s_float)`` (:func:`fedquant.quant.grids.pow2_scale`, shift-only hardware);
+    ``weight_granularity`` and ``scale`` are the initial :class:`~fedquant.quant.scheme.Scheme`,
+    switched at run time with :func:`fedquant.quant.set_scheme` (the state keeps the shape of
+    ``weight_granularity``).
     """
 
     weight_bits: int | None = key(8, "initial weight bit-width (None: float)", check=_bits)
@@ -66,6 +72,8 @@ class QuantConfig:
                               choices=RANGE_TRACKING)
     momentum: float = key(0.1, "activation range momentum", gt=0.0, le=1.0)
     learned_ranges: bool = key(False, "LSQ-style learned ranges")
+    scale: str = key("float", "weight and activation scales: float | pow2 (2^ceil(log2 s), for shift-only "
+                              "integer hardware)", choices=SCALES)
 
     def __post_init__(self) -> None:
         for name in ("weight_bits", "act_bits", "pinned_bits"):  # 8.0 from a config file means 8

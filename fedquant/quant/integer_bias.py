@@ -14,6 +14,12 @@ only by a BatchNorm with ``a = gamma / sqrt(var + eps) > 0`` is deployed folded
 keeps the BatchNorm and moves the rounding into its shift: ``beta' = f_hat - a b + mean a``, so
 that ``BN(conv + b) = a conv + f_hat``. Layers with a float input or float weights keep float
 biases, as the runtime does.
+
+With power-of-two scales (``pow2``) the grid ``g = s_x s_w`` is itself a power of two (the product
+of two, exact in float32), so the bias is an int32 the accumulator adds after a shift. A BatchNorm
+is then not folded: ``s_w a`` is no power of two, and shift-only hardware cannot take it into the
+conv's scale; such a conv's bias goes on ``s_x s_w`` and its BatchNorm stays a float per-channel
+affine after it (the export writes it so: :mod:`fedquant.export.batchnorm`).
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ def bias_grid(layer: QuantLayerMixin, fold: torch.Tensor | None = None) -> torch
     s_w = s_w.expand(layer.weight.shape[0]) if s_w.numel() == 1 else s_w
     if fold is not None:
         s_w = s_w * fold.float()
-    s_x, _ = asymmetric_qparams(xq.min_val.detach(), xq.max_val.detach(), xq.bits)
+    s_x, _ = asymmetric_qparams(xq.min_val.detach(), xq.max_val.detach(), xq.bits, xq.pow2)
     return s_x.float() * s_w
 
 
@@ -45,6 +51,12 @@ def on_grid(value: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """``clamp(round(value / grid), int32) * grid`` in float32 (the module docstring's ``b_hat``)."""
     q = torch.round(value.float() / grid).clamp_(INT32_MIN, INT32_MAX)
     return q * grid
+
+
+def folds_batchnorm(layer: QuantLayerMixin) -> bool:
+    """Whether a BatchNorm after ``layer`` is deployed folded into it: not with power-of-two
+    scales (module docstring)."""
+    return not layer.weight_quantizer.pow2
 
 
 def folded_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +78,7 @@ def quantize_biases(model: nn.Module, batchnorm_after: dict[str, str]) -> int:
     names = {m: n for n, m in modules.items()}
     changed = 0
     for layer in quant_layers(model):
-        bn = modules.get(batchnorm_after.get(names[layer], ""))
+        bn = modules.get(batchnorm_after.get(names[layer], "")) if folds_batchnorm(layer) else None
         if isinstance(bn, nn.BatchNorm2d) and bn.affine and bn.running_mean is not None:
             a, c = folded_affine(bn)
             if torch.isfinite(a).all() and (a > 0).all():

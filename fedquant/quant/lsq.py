@@ -11,6 +11,13 @@ and the step's gradient is scaled by ``g = 1 / sqrt(N * Q_P)``, N the number of 
 covers. The step itself is not stored: see :class:`LSQWeight` and :class:`LSQActivation` for how
 an SGD step on the stored range reproduces LSQ's step on ``s`` (and LSQ+'s on its offset). The
 scales come from the formulas of :mod:`fedquant.quant.grids`.
+
+**Power-of-two scales** (``pow2``): the forward pass quantizes with the snapped step
+``s_pow2 = 2^ceil(log2 s)`` (:func:`~fedquant.quant.grids.pow2_scale`) and the backward pass
+treats the snap as the identity, ``d s_pow2 / d s = 1`` (straight-through for the exponent, as
+Brevitas's ``CeilSte``): eqs. 4-5 are evaluated at ``s_pow2`` and the range moves as if ``s``
+were free, so the learned float range drifts continuously while the deployed step jumps between
+powers of two.
 """
 
 from __future__ import annotations
@@ -51,9 +58,9 @@ class LSQWeight(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, rng, bits: int, narrow_range: bool, per_channel: bool):  # noqa: D102
+    def forward(ctx, x, rng, bits: int, narrow_range: bool, per_channel: bool, pow2: bool = False):  # noqa: D102
         qmin, qmax = weight_grid(bits, narrow_range)
-        s = symmetric_scale(rng.abs(), bits)
+        s = symmetric_scale(rng.abs(), bits, pow2)
         if per_channel:
             s = s.reshape((-1,) + (1,) * (x.dim() - 1))
         ctx.save_for_backward(x, s, rng)
@@ -69,7 +76,7 @@ class LSQWeight(torch.autograd.Function):
         n = x[0].numel() if ctx.per_channel else x.numel()
         factor = qmax / math.sqrt(n * qmax)  # Q_P * g
         grad_r = torch.where(rng < 0, -factor, factor) * ds.reshape(rng.shape)
-        return grad_x, grad_r, None, None, None
+        return grad_x, grad_r, None, None, None, None
 
 
 class LSQActivation(torch.autograd.Function):
@@ -97,9 +104,9 @@ class LSQActivation(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, lo, hi, bits: int):  # noqa: D102
+    def forward(ctx, x, lo, hi, bits: int, pow2: bool = False):  # noqa: D102
         qmax = 2**bits - 1
-        s, z = asymmetric_qparams(lo, hi, bits)
+        s, z = asymmetric_qparams(lo, hi, bits, pow2)
         ctx.save_for_backward(x, s, z, lo, hi)
         ctx.qmax = qmax
         return torch.div(x, s).clamp_(-z, qmax - z).round_().mul_(s)
@@ -116,4 +123,4 @@ class LSQActivation(torch.autograd.Function):
         zero = torch.zeros_like(ds)
         grad_lo = torch.where(free_lo, g * torch.where(free_hi, dbeta, -qmax * ds_z), zero)
         grad_hi = torch.where(free_hi, g * (qmax * ds + torch.where(free_lo, dbeta, zero)), zero)
-        return grad_x, grad_lo, grad_hi, None
+        return grad_x, grad_lo, grad_hi, None, None

@@ -27,10 +27,11 @@ class QuantLayerMixin:
     pinned_bits: int
 
     def _attach_quantizers(self, config: QuantConfig, pinned: bool) -> None:
+        pow2 = config.scale == "pow2"
         self.weight_quantizer = WeightQuantizer(
-            self.weight, config.weight_granularity, config.narrow_range, config.learned_ranges)
+            self.weight, config.weight_granularity, config.narrow_range, config.learned_ranges, pow2)
         self.input_quantizer = ActivationQuantizer(
-            config.range_tracking, config.momentum, config.learned_ranges)
+            config.range_tracking, config.momentum, config.learned_ranges, pow2)
         self.pinned = pinned
         self.pinned_bits = config.pinned_bits
 

@@ -11,6 +11,14 @@ estimator), or LSQ/LSQ+ (:mod:`fedquant.quant.lsq`) for learned ranges.
 On CPU, activation quantizers read their range and derive scale and zero-point on host floats
 (:func:`~fedquant.quant.grids.host_asymmetric_qparams`, bit for bit the same as the tensor
 formulas): reading a CPU scalar is free, while each tiny tensor op costs ~5 us of dispatch.
+
+**The scheme** (:class:`~fedquant.quant.scheme.Scheme`) is a run-time switch like the bit-width:
+``pow2`` rounds every scale up to a power of two (:func:`~fedquant.quant.grids.pow2_scale`), and
+a weight quantizer whose state (``clip``, a learned ``range``) is per channel can run per tensor.
+The state keeps its shape, so clients of every scheme share one aggregatable state; per tensor, the
+range is ``max(clip) * max|w|`` (MSE calibration at that granularity writes one fraction into
+every channel). The reverse, per channel on a per-tensor state, has no per-channel ranges to
+calibrate and is refused.
 """
 
 from __future__ import annotations
@@ -42,15 +50,19 @@ class WeightQuantizer(nn.Module):
     The range is ``clip * max|w|`` taken from the current weights on every call (cheap: one
     reduction over the weight), so it follows training without state. ``clip`` (in (0, 1]) is
     set by MSE calibration; with ``learned=True`` the range itself is a parameter trained with
-    LSQ (Esser et al. 2020; see :class:`LSQWeight`) and ``clip`` is unused.
+    LSQ (Esser et al. 2020; see :class:`LSQWeight`) and ``clip`` is unused. ``granularity`` is
+    the granularity of that state and the initial scheme's; ``pow2`` rounds every scale up to
+    ``2^ceil(log2 s)``. :meth:`set_scheme` switches both at run time (module docstring).
     """
 
     def __init__(self, weight: torch.Tensor, granularity: str = "per_channel",
-                 narrow_range: bool = True, learned: bool = False) -> None:
+                 narrow_range: bool = True, learned: bool = False, pow2: bool = False) -> None:
         super().__init__()
         self.granularity = check_choice(granularity, GRANULARITIES, "weight_granularity")
+        self.state_granularity = self.granularity  # the shape of clip / range: fixed
         self.narrow_range = narrow_range
         self.learned = learned
+        self.pow2 = pow2
         self.bits: int | None = None
         channels = weight.shape[0] if granularity == "per_channel" else 1
         self.register_buffer("clip", torch.ones(channels))
@@ -64,6 +76,27 @@ class WeightQuantizer(nn.Module):
     @property
     def per_channel(self) -> bool:
         return self.granularity == "per_channel"
+
+    @property
+    def num_scales(self) -> int:
+        """Scales at the current granularity: one per output channel, or one."""
+        return self.clip.numel() if self.per_channel else 1
+
+    def set_scheme(self, granularity: str, pow2: bool) -> None:
+        """Run at ``granularity`` with float or power-of-two scales from now on (the state keeps
+        its shape). A per-tensor state cannot run per channel, nor a learned range at another
+        granularity than its own: ``ValueError``."""
+        check_choice(granularity, GRANULARITIES, "weight_granularity")
+        if granularity != self.state_granularity and (self.learned or granularity == "per_channel"):
+            held = "a learned range" if self.learned else "clip fractions"
+            raise ValueError(f"weight_granularity={granularity!r} is not valid for a quantizer whose state ({held}) is "
+                             f"{self.state_granularity}: allowed is {self.state_granularity}"
+                             + ("" if self.learned else " or per_tensor"))
+        self.granularity, self.pow2 = granularity, bool(pow2)
+
+    def _clip_at(self, clip: torch.Tensor) -> torch.Tensor:
+        """The clip fractions at the current granularity: as given, or per tensor their largest."""
+        return clip if self.per_channel or clip.numel() == 1 else clip.amax().reshape(1)
 
     def absmax(self, w: torch.Tensor) -> torch.Tensor:
         """``max|w|`` per channel (shape ``[C]``) or per tensor (``[1]``): see
@@ -90,9 +123,9 @@ class WeightQuantizer(nn.Module):
         """``w`` fake-quantized at the current bit-width with the range ``clip * max|w|`` (per
         channel or per tensor, like ``self.clip``); no gradient. Calibration's search uses it."""
         qmin, qmax = weight_grid(self.bits, self.narrow_range)
-        scale = weight_scale(w, clip, self.bits, self.per_channel)
+        scale = weight_scale(w, self._clip_at(clip), self.bits, self.per_channel, self.pow2)
         if not self.per_channel:
-            return torch.fake_quantize_per_tensor_affine(w, scale, self._zero_point, qmin, qmax)
+            return torch.fake_quantize_per_tensor_affine(w, scale, self._zero_point[:1], qmin, qmax)
         return torch.fake_quantize_per_channel_affine(w, scale, self._zero_point, 0, qmin, qmax)
 
     def clips_nothing(self, qmax: int) -> bool:
@@ -108,12 +141,12 @@ class WeightQuantizer(nn.Module):
         """The scale of weight ``w`` at ``bits``, shaped to broadcast over ``w`` (``[C, 1, ...]``
         per channel, ``[1]`` per tensor): ``clip * max|w| / (2^(b-1) - 1)``
         (:func:`~fedquant.quant.grids.weight_scale`), or ``|range| / (2^(b-1) - 1)`` for a learned
-        range (the scale :class:`~fedquant.quant.lsq.LSQWeight` quantizes with). ``w`` is read
-        without gradient; a learned range keeps its own."""
+        range (the scale :class:`~fedquant.quant.lsq.LSQWeight` quantizes with); with ``pow2``,
+        rounded up to a power of two. ``w`` is read without gradient; a learned range keeps its own."""
         if self.learned:
-            scale = symmetric_scale(self.range.abs(), bits)
+            scale = symmetric_scale(self.range.abs(), bits, self.pow2)
         else:
-            scale = weight_scale(w.detach(), self.clip, bits, self.per_channel)
+            scale = weight_scale(w.detach(), self._clip_at(self.clip), bits, self.per_channel, self.pow2)
         return scale.reshape(self.view) if self.per_channel else scale
 
     def scale(self, w: torch.Tensor) -> torch.Tensor:
@@ -127,17 +160,17 @@ class WeightQuantizer(nn.Module):
             return self._quantize(w)
         # Evaluation and calibration: the weights are constant across batches, so quantize once.
         # The key changes with any in-place update (_version) or new storage (load, .to()) of
-        # whatever the result depends on, with the bit-width, and with inference mode.
+        # whatever the result depends on, with the bit-width and scheme, and with inference mode.
         range_state = self.range if self.learned else self.clip
         key = (w.data_ptr(), w._version, range_state.data_ptr(), range_state._version, self.bits,
-               torch.is_inference_mode_enabled())
+               self.granularity, self.pow2, torch.is_inference_mode_enabled())
         if self._frozen is None or self._frozen[0] != key:
             self._frozen = (key, self._quantize(w))
         return self._frozen[1]
 
     def _quantize(self, w: torch.Tensor) -> torch.Tensor:
         if self.learned:
-            return LSQWeight.apply(w, self.range, self.bits, self.narrow_range, self.per_channel)
+            return LSQWeight.apply(w, self.range, self.bits, self.narrow_range, self.per_channel, self.pow2)
         qmin, qmax = weight_grid(self.bits, self.narrow_range)
         scale = self.scale_at(w, self.bits)
         return FakeQuantize.apply(w, scale, None, qmin, qmax, self.clips_nothing(qmax))
@@ -153,14 +186,17 @@ class ActivationQuantizer(nn.Module):
     (set it with :func:`fedquant.quant.calibrate`). A range with ``max <= min`` counts as not yet
     observed; this encoding averages cleanly across federated clients (no flags, no infinities).
     ``learned=True`` makes ``min_val``/``max_val`` parameters trained with LSQ+ (see
-    :class:`LSQActivation`).
+    :class:`LSQActivation`). ``pow2`` rounds the scale up to a power of two (the zero-point is
+    rounded on that grid); :meth:`set_scheme` switches it at run time.
     """
 
-    def __init__(self, tracking: str = "running", momentum: float = 0.1, learned: bool = False) -> None:
+    def __init__(self, tracking: str = "running", momentum: float = 0.1, learned: bool = False,
+                 pow2: bool = False) -> None:
         super().__init__()
         self.tracking = tracking
         self.momentum = momentum
         self.learned = learned
+        self.pow2 = pow2
         self.bits: int | None = None
         self.observer: Callable[[torch.Tensor], None] | None = None  # see observe()
         self.host_scalars = True  # on CPU (see the module docstring); False forces the device path
@@ -173,6 +209,10 @@ class ActivationQuantizer(nn.Module):
 
     def set_bits(self, bits: int | None) -> None:
         self.bits = check_bits(bits, "act_bits")
+
+    def set_scheme(self, pow2: bool) -> None:
+        """Float or power-of-two scales from now on (the range is unchanged)."""
+        self.pow2 = bool(pow2)
 
     def observe(self, observer: Callable[[torch.Tensor], None] | None) -> None:
         """While ``observer`` is set, every input is passed to it and returned unquantized
@@ -213,7 +253,7 @@ class ActivationQuantizer(nn.Module):
         return self.host_scalars and x.device.type == "cpu"
 
     def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return asymmetric_qparams(self.min_val, self.max_val, self.bits)
+        return asymmetric_qparams(self.min_val, self.max_val, self.bits, self.pow2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observer is not None:
@@ -229,10 +269,10 @@ class ActivationQuantizer(nn.Module):
             host_range = self._track(x, self.momentum if running else 0.0)
         _, qmax = act_grid(self.bits)
         if self.learned:
-            out = LSQActivation.apply(x, self.min_val, self.max_val, self.bits)
+            out = LSQActivation.apply(x, self.min_val, self.max_val, self.bits, self.pow2)
         elif self._on_host(x):
             lo, hi = host_range or (self.min_val.item(), self.max_val.item())
-            out = FakeQuantize.apply(x, *host_asymmetric_qparams(lo, hi, self.bits), 0, qmax)
+            out = FakeQuantize.apply(x, *host_asymmetric_qparams(lo, hi, self.bits, self.pow2), 0, qmax)
         else:
             out = FakeQuantize.apply(x, *self.qparams(), 0, qmax)
         if self.training and self.tracking == "hindsight" and not self.learned:

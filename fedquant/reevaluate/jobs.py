@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from ..experiment.config import with_overrides
-from ..experiment.specs import evaluation_settings, experiment_specs, server_evaluator
+from ..experiment.specs import evaluation_settings, experiment_specs, run_profiles, server_evaluator
 from ..experiment.workspace import federated_data
-from ..federation.profiles import per_profile, profiles_from_config
+from ..federation.profiles import per_profile
 from ..runtime.checkpoint import CheckpointError, evaluated_state, list_checkpoints, load_checkpoint
 from ..streams import Stream, stream_rng
 from ..tracking.progress import Steps
@@ -73,7 +73,7 @@ def reevaluate_job(job: Path, out: Path, options: dict, only: list[str] | None =
     final = {k: v["accuracy"] for k, v in rounds[-1]["eval"].items()}
     new = {"config": cfg, "protocol": evaluator.describe(), "rounds": rounds, "final": final,
            "final_validation": {k: v["accuracy"] for k, v in rounds[-1].get("validation", {}).items()},
-           "per_profile": per_profile(profiles_from_config(cfg["strategy"]["profiles"]), final),
+           "per_profile": per_profile(run_profiles(cfg), final),
            "reevaluated": {"checkpoints": [str(c) for c in checkpoints], **options},
            "training_wall_time_s": results["wall_time_s"]}
     if draws:

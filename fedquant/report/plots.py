@@ -53,6 +53,6 @@ def write_plots(methods: Methods, test: Table, last: int, out: Path, name: str) 
                           f"Test accuracy vs round, mean over seeds ({name}){subtitle}")
     sent = {legend[m]: c for m, c in uplink_curves(methods).items()}
     if sent and len(sent) == len(per_round):  # every method counted its bytes
-        plot_methods_vs_round(per_round, [s for s in settings if "@" not in s], out / "report_uplink.png",
+        plot_methods_vs_round(per_round, [s for s in settings if "@" not in s and ":" not in s], out / "report_uplink.png",
                               f"Test accuracy vs what the clients sent, mean over seeds ({name}){subtitle}",
                               xs=sent, xlabel="cumulative uplink (MB)")

@@ -117,6 +117,6 @@ def uplink_curves(methods: Methods) -> dict[str, dict[int, float]]:
 
 def shown_settings(settings: list[str]) -> list[str]:
     """The settings of the per-round table and plot: fp, w4a4 and the last full-model one (not a
-    width level's ``<setting>@<r>``), when present."""
-    full = [s for s in settings if "@" not in s] or settings
+    level's ``<setting>@<r>`` or ``<setting>:<scheme>``: fedquant.federation.profiles.Level), when present."""
+    full = [s for s in settings if "@" not in s and ":" not in s] or settings
     return list(dict.fromkeys(s for s in ("fp", "w4a4", full[-1]) if s in settings))

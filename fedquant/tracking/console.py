@@ -4,9 +4,10 @@ running (:mod:`fedquant.tracking.progress`) and the final table."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .progress import Progress, seconds
@@ -55,7 +56,9 @@ class ConsoleReporter:
         self.progress.close()
 
     def round_done(self, server_round: int, train_loss: float | None, failures: int,
-                   accuracies: dict[str, float] | None) -> None:
+                   accuracies: dict[str, float] | None, reasons: Sequence[str] = ()) -> None:
+        """The round's progress line; with failures, the first of their ``reasons`` (e.g. a
+        rejected reply's) and how many more."""
         self.progress.close()  # first: its last render still shows this round's time
         now = self.clock()
         took, self.last = now - self.last, now
@@ -75,12 +78,19 @@ class ConsoleReporter:
                 line += f"  train loss {train_loss:.4f}"
             if failures:
                 line += f"  [red]{failures} client failure(s)[/]"
+                if reasons:
+                    more = f" (+{len(reasons) - 1} more)" if len(reasons) > 1 else ""
+                    line += f" [red]{escape(reasons[0][:120])}{more}[/]"
         if accuracies:
             line += "  " + " ".join(f"{k} {100 * v:.1f}" for k, v in accuracies.items())
         self.console.print(line, soft_wrap=True)
 
     def final_table(self, rounds: list[dict], settings: list[str], per_profile: dict, wall_time: float,
-                    output_dir: str, protocol: dict | None = None) -> None:
+                    output_dir: str, protocol: dict | None = None, profile_bytes: dict | None = None,
+                    schemes: dict[str, str] | None = None) -> None:
+        """The test accuracy per evaluated round, a line per device profile (its accuracy at each
+        of its settings; with ``profile_bytes`` its ``model_bytes`` there, with ``schemes`` the
+        quantizer scheme of a profile that has its own), the protocol and the run's summary."""
         self.progress.close()
         table = Table(title="Test accuracy (%) of the global model per evaluation setting")
         table.add_column("round", justify="right")
@@ -95,7 +105,10 @@ class ConsoleReporter:
                               f"{uplink / 1e6:.3f}")
         self.console.print(table)
         for name, accs in per_profile.items():
-            self.console.print(f"profile {name} (%): " + "  ".join(f"{k} {100 * v:.2f}" for k, v in accs.items()))
+            sizes = (profile_bytes or {}).get(name, {})
+            scheme = f", {schemes[name]}" if schemes and schemes.get(name) else ""
+            self.console.print(f"profile {name} (%{scheme}): " + "  ".join(
+                f"{k} {100 * v:.2f}" + (f" ({sizes[k]:,} bytes)" if k in sizes else "") for k, v in accs.items()))
         if protocol:
             self.console.print(protocol_line(protocol))
         self.console.print(summary_lines(rounds, settings, wall_time, output_dir), soft_wrap=True)

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         fail(str(err))
-    print(f"study {name} in {storage}: {len(study.trials)} trials so far, up to {args.trials}; runs in {root}")
+    print(f"study {name} in {storage}: {len(study.trials)} trial{'' if len(study.trials) == 1 else 's'} so far, up to {args.trials}; runs in {root}")
     if args.prune and not cfg["checkpoint"]["every"]:
         print("note: checkpoint.every=0: a trial's rounds are seen only when it ends, so none is pruned")
     try:
