@@ -72,6 +72,7 @@ def test_a_stale_cluster_address_does_not_capture_the_default_run(tmp_path):
                env={"RAY_ADDRESS": f"127.0.0.1:{dead_port()}"}, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "results.json").is_file()
+    assert "setup plugin" not in proc.stdout + proc.stderr  # alembic's INFO lines (conf/config.yaml)
 
 
 @pytest.mark.parametrize(("overrides", "start"), [
