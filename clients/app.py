@@ -23,6 +23,7 @@ from fedquant.federation.bitwidths import parse_setting, setting_source
 from fedquant.learning.local_training import TrainConfig, train_local
 from fedquant.models.state import float_state, load_float_state
 from fedquant.models.width import extract
+from fedquant.quant import quant_layers
 from fedquant.quant.scheme import Scheme, set_scheme
 from fedquant.runtime.allocator import retain_freed_memory
 
@@ -95,7 +96,8 @@ def handle_train(setup: ClientSetup, msg: Message, node_index: int = -1, own_par
         state = extract(state, float_state(model))
     load_float_state(model, state)
     set_scheme(model, P.received_scheme(cfg, Scheme.of(dict(setup.model.quant))))  # the profile's, on the cached model
-    next_setting = setting_source(str(cfg[P.SAMPLING]), [parse_setting(s) for s in cfg[P.SETTINGS]], seed)
+    next_setting = setting_source(str(cfg[P.SAMPLING]), [parse_setting(s) for s in cfg[P.SETTINGS]], seed,
+                                  layers=sum(1 for _ in quant_layers(model)))
     frozen = None
     if P.FROZEN in msg.content.array_records:
         frozen = {k: v.bool() for k, v in msg.content.array_records[P.FROZEN].to_torch_state_dict().items()}

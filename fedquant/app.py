@@ -38,6 +38,7 @@ from .federation.bitwidths import setting_name
 from .federation.compression import Codec
 from .federation.protocol import train_record
 from .federation.uplink import Uplink
+from .learning.evaluation import MIXED_PRECISION_MEASURE
 from .models.state import float_state
 from .runtime.allocator import retain_freed_memory
 from .runtime.checkpoint import save_checkpoint
@@ -190,8 +191,8 @@ class Experiment:
             evaluation = self.after_round(flower_round + self.offset, arrays.to_torch_state_dict())
             if evaluation is None:
                 return None
-            return MetricRecord({f"{split}/{k}/{m}": v[m] for split, evals in evaluation.items()
-                                 for k, v in evals.items() for m in ("accuracy", "loss")})
+            return MetricRecord({f"{split}/{k}/{m}": v[m] for split in ("test", "validation")
+                                 for k, v in evaluation[split].items() for m in ("accuracy", "loss")})
 
         poll_replies_often(grid)
         self.strategy.start(grid=grid, initial_arrays=ArrayRecord(self.initial_state),
@@ -206,8 +207,10 @@ class Experiment:
         """results.json, metrics.csv, the plots and the final table; returns the results.
         ``wall_time`` is this process's; a resumed run adds the time before its checkpoint."""
         wall_time += self._earlier_wall_time()
-        fed, results = self.fed, self.history.results(self.cfg, self.plan.profiles, self.evaluator.model_bytes(),
-                                                      wall_time, self.evaluator.describe())
+        assignments = self.history.final_assignments()
+        sizes = self.evaluator.model_bytes() | {name: a["model_bytes"] for name, a in assignments.items()}
+        fed, results = self.fed, self.history.results(self.cfg, self.plan.profiles, sizes, wall_time,
+                                                      self.evaluator.describe())
         results["partition"] = {"sizes": [len(c) for c in fed.clients], "calibration": len(fed.calibration),
                                 "validation": len(fed.validation)}
         if self.resumed:
@@ -215,6 +218,8 @@ class Experiment:
         source = self.initialized[1] if self.initialized else (self.resumed or {}).get("initialized_from")
         if source:
             results["initialized_from"] = source
+        if assignments:  # those the final evaluation tested (every evaluation's: rounds[].mixed_precision)
+            results["mixed_precision"] = {"measure": MIXED_PRECISION_MEASURE} | assignments
         results["timing"] = self.history.timing()
         self._plots = write_outputs(results, self.output_dir, fed.label_histogram())
         self.results = results

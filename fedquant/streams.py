@@ -20,7 +20,7 @@ class Stream(enum.IntEnum):
     CLIENTS = 4  # clients sampled per round (and per retry)
     CLIENT_SEED = 5  # a client's local seed (batch order) per round
     ROUND_SETTING = 6  # per_round sampling: the setting a client trains at in a round
-    STEP_SETTING = 7  # per_step sampling: the client's draw before every step
+    STEP_SETTING = 7  # per_step and per_layer sampling: the client's draws before every step
     FAILURE = 8  # simulation-only fault injection: client raises
     NAN = 9  # simulation-only fault injection: client replies NaN
     VALIDATION = 10  # which server hold-out images are validation (the rest calibrate)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Message
+from flwr.app import ArrayRecord
 
 from fedquant.federation import protocol as P
 from fedquant.federation.compression import OFF, Codec
@@ -64,16 +64,10 @@ def link_config(links: Links, server_round: int, keep_from: int) -> dict:
             P.UPLINK_SEND: up.send, P.ERROR_FEEDBACK: up.error_feedback, P.STATE_KEEP_FROM: keep_from}
 
 
-def decode_reply(reply: Message, received: Mapping[str, torch.Tensor] | None, width: float, links: Links,
-                 arrays_key: str) -> None:
-    """Replace the reply's arrays by the client's model (``received``: the model clients decoded
-    this round; a sub-model client's is cut to its ``width``). Nothing to do with the uplink off."""
-    if links.uplink.codec.off:
-        return
-    reference = dict(received)
-    if width < 1:
-        if links.templates is None:
-            raise ValueError("a compressed uplink with width profiles needs the sub-models' templates")
-        reference = extract(received, links.templates(width))
-    arrays = reply.content.array_records[arrays_key].to_torch_state_dict()
-    reply.content[arrays_key] = ArrayRecord(server_state(arrays, reference, links.uplink))
+def decode_reply(arrays: ArrayRecord, received: Mapping[str, torch.Tensor], width: float,
+                 links: Links) -> dict[str, torch.Tensor]:
+    """The client's model from its reply's compressed ``arrays`` (``received``: the model clients
+    decoded this round; a sub-model client's is cut to its ``width`` with ``links.templates``, which
+    :class:`~strategies.validation.ReplyCheck` requires when the plan has widths)."""
+    reference = dict(received) if width >= 1 else extract(received, links.templates(width))
+    return server_state(arrays.to_torch_state_dict(), reference, links.uplink)

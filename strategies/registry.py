@@ -1,28 +1,15 @@
 """The Flower server strategies fedquant composes with, and the one way to build them.
 
-Every Flower 1.42 strategy that aggregates model arrays is here
-(:mod:`fedquant.federation.aggregators` states their rules); FedXgbBagging and FedXgbCyclic
-aggregate XGBoost trees (bytes), not arrays, and are not.
+Every Flower 1.42 strategy that aggregates model arrays is here, declared once with the state it
+keeps (:data:`strategies.server_state.SERVER_STATE`; :mod:`fedquant.federation.aggregators` states
+their rules); FedXgbBagging and FedXgbCyclic aggregate XGBoost trees (bytes), not arrays, and are not.
 """
 
 from __future__ import annotations
 
 import inspect
 
-from flwr.serverapp.strategy import (
-    Bulyan,
-    FedAdagrad,
-    FedAdam,
-    FedAvg,
-    FedAvgM,
-    FedMedian,
-    FedProx,
-    FedTrimmedAvg,
-    FedYogi,
-    Krum,
-    MultiKrum,
-    QFedAvg,
-)
+from flwr.serverapp.strategy import FedAvg
 
 from fedquant.federation import protocol as P
 from fedquant.federation.aggregators import min_replies as aggregator_min_replies
@@ -30,10 +17,9 @@ from fedquant.federation.plan import TrainingPlan
 
 from .links import Links
 from .quant_aware import QuantAwareMixin, flower_settings
+from .server_state import SERVER_STATE
 
-SERVERS = {"fedavg": FedAvg, "fedprox": FedProx, "fedavgm": FedAvgM, "fedadam": FedAdam, "fedyogi": FedYogi,
-           "fedadagrad": FedAdagrad, "fedmedian": FedMedian, "fedtrimmedavg": FedTrimmedAvg, "krum": Krum,
-           "multikrum": MultiKrum, "bulyan": Bulyan, "qfedavg": QFedAvg}
+SERVERS = {name: cls for name, (cls, _) in SERVER_STATE.items()}  # strategy.server -> Flower class
 NOT_CONFIGURABLE = ("evaluate_metrics_aggr_fn", "selection_rule")  # callables: nothing a config file can give
 FIXED = {"qfedavg": {"train_loss_key": P.TRAIN_LOSS}}  # per server: what fedquant's replies dictate
 

@@ -2,7 +2,7 @@
 tensors and back, so a weights-only checkpoint can hold it and a resume continues exactly.
 
 Flower keeps this state in plain instance attributes, not a public API, so the attributes each
-supported class keeps are declared here (:data:`OPTIMIZER_STATE`, read from flwr 1.42's
+supported class keeps are declared here (:data:`SERVER_STATE`, read from flwr 1.42's
 ``serverapp/strategy/fedavgm.py``, ``fedopt.py``, ``fedadam.py``, ``fedyogi.py``, ``fedadagrad.py``
 and ``qfedavg.py``; the robust aggregators keep nothing between rounds) and checked: an attribute
 that is absent (renamed upstream) or holds another kind of value raises
@@ -33,17 +33,22 @@ from flwr.serverapp.strategy import (
 
 from .flower_compat import flower_mismatch
 
-# Flower class -> {attribute: what it holds once set}. The keys must match strategies.registry.SERVERS.
-OPTIMIZER_STATE: dict[type, dict[str, type]] = {
-    FedAvg: {},
-    FedProx: {},  # proximal_mu goes to the clients; the server keeps nothing between rounds
-    FedAvgM: {"current_arrays": ArrayRecord, "momentum_vector": list},  # list of numpy arrays
-    FedAdam: {"current_arrays": dict, "m_t": dict, "v_t": dict},  # FedOpt's (name -> numpy array) + v_t
-    FedYogi: {"current_arrays": dict, "m_t": dict, "v_t": dict},  # the same FedOpt moments, Yogi's v_t update
-    FedAdagrad: {"current_arrays": dict, "m_t": dict, "v_t": dict},  # beta_1 = 0: m_t is the last delta; v_t sums
-    FedMedian: {}, FedTrimmedAvg: {}, Krum: {}, MultiKrum: {}, Bulyan: {},  # order statistics / selection per round
-    QFedAvg: {"current_arrays": ArrayRecord},  # the round's global model, set again by every configure_train
+# The Flower server strategies fedquant composes with (``strategy.server`` name -> Flower class,
+# strategies.registry.SERVERS), each with {attribute: what it holds once set}: one entry per strategy.
+SERVER_STATE: dict[str, tuple[type, dict[str, type]]] = {
+    "fedavg": (FedAvg, {}),
+    "fedprox": (FedProx, {}),  # proximal_mu goes to the clients; the server keeps nothing between rounds
+    "fedavgm": (FedAvgM, {"current_arrays": ArrayRecord, "momentum_vector": list}),  # list of numpy arrays
+    "fedadam": (FedAdam, {"current_arrays": dict, "m_t": dict, "v_t": dict}),  # FedOpt's (name -> numpy array) + v_t
+    "fedyogi": (FedYogi, {"current_arrays": dict, "m_t": dict, "v_t": dict}),  # the same FedOpt moments, Yogi's v_t
+    "fedadagrad": (FedAdagrad, {"current_arrays": dict, "m_t": dict, "v_t": dict}),  # beta_1 = 0: m_t the last delta
+    # order statistics / selection per round
+    "fedmedian": (FedMedian, {}), "fedtrimmedavg": (FedTrimmedAvg, {}), "krum": (Krum, {}),
+    "multikrum": (MultiKrum, {}), "bulyan": (Bulyan, {}),
+    "qfedavg": (QFedAvg, {"current_arrays": ArrayRecord}),  # the round's global model, set again by every configure_train
 }
+# Flower class -> {attribute: what it holds once set}
+OPTIMIZER_STATE: dict[type, dict[str, type]] = dict(SERVER_STATE.values())
 _TAGS = {ArrayRecord: "record", dict: "dict", list: "list"}  # how each kind is stored in a checkpoint
 
 

@@ -100,11 +100,11 @@ class ReplyCheck:
             content[self.arrays_key] = ArrayRecord({k: record[k] for k in order})
         if not self.links.uplink.codec.off:
             try:
-                decode_reply(reply, job.received, self.plan.width(client), self.links, self.arrays_key)
+                decoded = decode_reply(record, job.received, self.plan.width(client), self.links)
+                content[self.arrays_key] = ArrayRecord(decoded)
             except Exception as err:  # noqa: BLE001 - the layout was checked; anything left is the client's
                 return Rejection(who, f"does not decode ({type(err).__name__}: {err})"[:300])
-            decoded = {k: a.numpy() for k, a in content.array_records[self.arrays_key].items()}
-            if reason := arrays_problem(decoded, None):
+            if reason := arrays_problem({k: t.numpy() for k, t in decoded.items()}, None):
                 return Rejection(who, f"{reason} after decoding")
         accepted.add(client)
         return None

@@ -161,3 +161,6 @@ def test_study_figures_are_the_last_evaluations_and_the_table_pairs_them(tmp_pat
     path = collect(tmp_path / "root", [], tmp_path / "data" / "fig", last=3)
     text = table(path, [("best", "ptq")], ["w2a2"], {"best": ["lucky", "qat"]})
     assert "| best | 81.00 ± 1.00 (80.00) n=3 |" in text and "best w2a2: qat (validation 80.00)" in text
+    text = table(path, [], ["w2a2"], contrasts=[("qat:w2a2", "ptq:w2a2"), ("qat:w2a2", "ptq:w9a9")])
+    assert "| qat:w2a2 - ptq:w2a2 | +9.67 [+5.87, +13.46] A > B (n=3) |" in text  # the pair above, by setting
+    assert "| qat:w2a2 - ptq:w9a9 | no shared seeds |" in text

@@ -65,13 +65,13 @@ def test_cli_unreachable_ray_address_is_one_line_exit_1(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_stale_cluster_address_does_not_capture_the_default_run(tmp_path):
+def test_a_stale_cluster_address_does_not_capture_the_default_run(reference_run):
     """Ray's own default joins $RAY_ADDRESS / the last cluster started here and hangs when it is
-    dead; null means a fresh local instance."""
-    proc = cli("num_rounds=1", "num_clients=4", "clients_per_round=2", "quiet=true", f"hydra.run.dir={tmp_path}",
-               env={"RAY_ADDRESS": f"127.0.0.1:{dead_port()}"}, timeout=240)
+    dead; null means a fresh local instance. The run is tests/conftest.py's reference_run (a
+    default run with $RAY_ADDRESS at a dead port), which tests/test_flower_app.py compares with."""
+    proc, run_dir = reference_run
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (tmp_path / "results.json").is_file()
+    assert (run_dir / "results.json").is_file()
     assert "setup plugin" not in proc.stdout + proc.stderr  # alembic's INFO lines (conf/config.yaml)
 
 

@@ -19,11 +19,11 @@ import pytest
 
 from fedquant.deploy.certificates import write_credentials
 from fedquant.flower_app import compose_config, hydra_overrides, superlink_pid
-from tests.helpers import make_config, strip_seconds
+from tests.helpers import REFERENCE_OVERRIDES, make_config, strip_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 FLWR = Path(sys.executable).with_name("flwr")
-OVERRIDES = "num_clients=6 clients_per_round=3 client.local_epochs=1 eval.settings=[fp,w4a4,w2a2] quiet=true"
+OVERRIDES = " ".join(REFERENCE_OVERRIDES)  # with num_rounds=1 seed=1: tests/conftest.py's reference_run
 RAY_GPU_NOTICE = "Tip: In future versions of Ray"  # ray.init's FutureWarning (RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO)
 
 
@@ -152,7 +152,9 @@ def superlinks(control_port: int) -> list[psutil.Process]:
 
 
 @pytest.mark.slow
-def test_flwr_run_gives_the_numbers_of_the_command_line(tmp_path):
+def test_flwr_run_gives_the_numbers_of_the_command_line(tmp_path, reference_run):
+    """`flwr run .` (a local SuperLink simulating the federation) and `python -m fedquant` with the
+    same overrides, rounds and seed (the command line's run: tests/conftest.py's reference_run)."""
     flwr_home, control, http = tmp_path / "flwr-home", free_port(), free_port()
     flwr_home.mkdir()
     env = {**os.environ, "FLWR_HOME": str(flwr_home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
@@ -160,7 +162,7 @@ def test_flwr_run_gives_the_numbers_of_the_command_line(tmp_path):
            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http)}
     with superlinks_stopped(control):
         proc = subprocess.run([str(FLWR), "run", ".", "--stream", "--run-config",
-                               f"num-server-rounds=2 seed=1 output-dir='{tmp_path / 'flwr'}' overrides='{OVERRIDES}'"],
+                               f"num-server-rounds=1 seed=1 output-dir='{tmp_path / 'flwr'}' overrides='{OVERRIDES}'"],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         [link] = superlinks(control)  # the local SuperLink `flwr run` started, still running
@@ -168,11 +170,10 @@ def test_flwr_run_gives_the_numbers_of_the_command_line(tmp_path):
     assert "fedquant: run" in proc.stdout and str(tmp_path / "flwr") in proc.stdout
     assert RAY_GPU_NOTICE not in proc.stdout + proc.stderr
     [flwr_results] = (tmp_path / "flwr").glob("*/results.json")
-    cli = subprocess.run([sys.executable, "-m", "fedquant", *OVERRIDES.split(), "num_rounds=2", "seed=1",
-                          f"hydra.run.dir={tmp_path / 'cli'}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    cli, cli_dir = reference_run
     assert cli.returncode == 0, cli.stderr[-3000:]
     assert RAY_GPU_NOTICE not in cli.stdout + cli.stderr
-    a, b = (json.loads(p.read_text()) for p in (flwr_results, tmp_path / "cli" / "results.json"))
+    a, b = (json.loads(p.read_text()) for p in (flwr_results, cli_dir / "results.json"))
     assert a["config"] == b["config"] and a["protocol"] == b["protocol"]
     assert a["final"] == b["final"] and a["final_validation"] == b["final_validation"]
     for ra, rb in zip(a["rounds"], b["rounds"], strict=True):
@@ -182,14 +183,16 @@ def test_flwr_run_gives_the_numbers_of_the_command_line(tmp_path):
 
 @contextlib.contextmanager
 def flower_processes(env: dict, logs: Path):
-    """start(name, argv) runs a Flower process with its output in logs/<name>.log; on exit every
-    process started is killed, with the SuperExec each one started (which can outlive its parent
-    for a few seconds: found by its --parent-pid)."""
+    """start(name, argv) runs a Flower process in the repository with its output in logs/<name>.log
+    (stderr=True: its stderr apart, in logs/<name>.err); on exit every process started is killed,
+    with the SuperExec each one started (which can outlive its parent for a few seconds: found by
+    its --parent-pid)."""
     started: list[subprocess.Popen] = []
 
-    def start(name: str, argv: list) -> subprocess.Popen:
-        with (logs / f"{name}.log").open("wb") as log:
-            started.append(subprocess.Popen([str(a) for a in argv], env=env, stdout=log, stderr=subprocess.STDOUT))
+    def start(name: str, argv: list, stderr: bool = False) -> subprocess.Popen:
+        apart = (logs / f"{name}.err").open("wb") if stderr else contextlib.nullcontext(subprocess.STDOUT)
+        with (logs / f"{name}.log").open("wb") as log, apart as err:
+            started.append(subprocess.Popen([str(a) for a in argv], cwd=ROOT, env=env, stdout=log, stderr=err))
         return started[-1]
 
     try:
@@ -222,14 +225,15 @@ def wait_for_line(log: Path, text: str, proc: subprocess.Popen, timeout: float =
 
 
 @pytest.mark.slow
-def test_secured_deployment_engine_on_loopback_with_node_owned_partitions(tmp_path):
+def test_secured_deployment_engine_on_loopback_with_node_owned_partitions(tmp_path, reference_run):
     """The README's real-device recipe on 127.0.0.1: TLS with a local CA and SuperNode
     authentication (credentials from fedquant.deploy). Two registered SuperNodes, each holding its
     own data partition (--node-config), and `flwr run . secure` with data-placement=node: the same
     numbers as the command line, which deals the same two partitions out itself. In the same
     SuperLink session a SuperNode with an unregistered key, a plaintext SuperNode (--insecure) and a
     plaintext `flwr` connection are refused. (The --insecure recipe for local experiments runs
-    the same Flower code without TLS; its config lines are checked by the README test above.)"""
+    the same Flower code without TLS; its config lines are checked by the README test above.) The
+    run starts as soon as the SuperNodes do and goes on while the refused connections fail."""
     creds = write_credentials(tmp_path / "creds", nodes=3)  # supernode-2's key is never registered
     address = f"127.0.0.1:{free_port()}"
     home, logs = tmp_path / "flwr-home", tmp_path / "logs"
@@ -250,7 +254,6 @@ def test_secured_deployment_engine_on_loopback_with_node_owned_partitions(tmp_pa
         return [bin_dir / "flower-supernode", *flags, "--superlink", address, "--port", free_port(),
                 "--node-config", f"partition-id={partition} num-partitions=2"]
 
-    overrides = "num_clients=2 clients_per_round=2 quiet=true"
     with flower_processes(env, logs) as start:
         link = start("superlink", [bin_dir / "flower-superlink", "--ssl-ca-certfile", creds.ca_cert, "--ssl-certfile",
                                    creds.superlink_cert, "--ssl-keyfile", creds.superlink_key,
@@ -265,21 +268,25 @@ def test_secured_deployment_engine_on_loopback_with_node_owned_partitions(tmp_pa
         unregistered = start("unregistered", supernode("--root-certificates", creds.ca_cert,
                                                        "--auth-supernode-private-key", creds.nodes[2].private_key))
         plaintext = start("plaintext", supernode("--insecure", "--max-retries", "1"))
-        ls = flwr("ls", "plaintext")  # the Control API over plain HTTP
-        assert ls.returncode != 0 and "Connection to the SuperLink is unavailable" in ls.stdout + ls.stderr
+        ls = start("ls", [FLWR, "ls", "plaintext"], stderr=True)  # the Control API over plain HTTP
+        run = start("run", [FLWR, "run", ".", "secure", "--stream", "--run-config",
+                            f"num-server-rounds=1 seed=1 data-placement='node' output-dir='{tmp_path / 'out'}' "
+                            f"overrides='{OVERRIDES}'"], stderr=True)
+        ls.wait(timeout=400)
+        ls_out = (logs / "ls.log").read_text(errors="replace") + (logs / "ls.err").read_text(errors="replace")
+        assert ls.returncode != 0 and "Connection to the SuperLink is unavailable" in ls_out, ls_out[-3000:]
         for name, proc, reason in (("unregistered", unregistered, "[code: 2004] Failed to activate SuperNode."),
                                    ("plaintext", plaintext, "Failed to initialize the connection to the SuperLink.")):
             proc.wait(timeout=240)
             log = (logs / f"{name}.log").read_text(errors="replace")
             assert proc.returncode != 0 and reason in log and "SuperNode ID:" not in log, log[-3000:]
         assert "No SuperNode found with the given public key" in (logs / "superlink.log").read_text(errors="replace")
-        proc = flwr("run", ".", "secure", "--stream", "--run-config",
-                    f"num-server-rounds=1 data-placement='node' output-dir='{tmp_path / 'out'}' overrides='{overrides}'")
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        assert f"`kill {link.pid}`" in proc.stdout  # the SuperLink this test started
+        run.wait(timeout=400)
+        stdout, stderr = ((logs / f"run.{ext}").read_text(errors="replace") for ext in ("log", "err"))
+        assert run.returncode == 0, stdout[-3000:] + stderr[-3000:]
+        assert f"`kill {link.pid}`" in stdout  # the SuperLink this test started
     [deployed] = (tmp_path / "out").glob("*/results.json")
-    cli = subprocess.run([sys.executable, "-m", "fedquant", *overrides.split(), "num_rounds=1",
-                          f"hydra.run.dir={tmp_path / 'cli'}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    cli, cli_dir = reference_run  # the same overrides, rounds and seed on the command line
     assert cli.returncode == 0, cli.stderr[-3000:]
-    a, b = (json.loads(p.read_text()) for p in (deployed, tmp_path / "cli" / "results.json"))
+    a, b = (json.loads(p.read_text()) for p in (deployed, cli_dir / "results.json"))
     assert a["final"] == b["final"] and [c["partition"] for c in a["rounds"][1]["train"]["clients"]] == [0, 1]

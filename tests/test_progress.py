@@ -283,6 +283,7 @@ def test_width_levels_number_their_settings_after_the_full_models(monkeypatch):
     class Fake:
         def __init__(self, settings):
             self.settings, self.model = settings, None
+            self.jobs = len(settings)  # settings (and budgets: none here)
 
         def __call__(self, state, on_setting=None):
             for i, name in enumerate(self.settings, 1):

@@ -121,11 +121,13 @@ def cli(*args, **kw):
                           timeout=400, env=env, **kw)
 
 
-def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
+def test_divergence_stops_and_keeps_last_good_checkpoint(diverged_run):
+    """The command line on tests.helpers.DIVERGING (TINY, 4 rounds, faults.nan_client_rate=0.5, an
+    offline W&B run: tests/conftest.py's diverged_run, whose W&B run tests/test_tracking.py reads)."""
     bad = nan_clients(0.5)
     first_bad = next(r for r in bad if len(bad[r]) == 3)  # every client of the round NaN: the federation diverged
     assert first_bad >= 2  # seed 0 and rate 0.5: rounds before it produce a checkpoint
-    proc = cli(*TINY, "num_rounds=4", "faults.nan_client_rate=0.5", f"hydra.run.dir={tmp_path}")
+    proc, tmp_path = diverged_run
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith(f"error: round {first_bad}: non-finite values from every client that replied")
     names = sorted(p.name for p in tmp_path.glob("checkpoint_r*.pt"))
@@ -142,8 +144,9 @@ SLOW_ROUNDS = (*TINY, "num_rounds=4", "client.local_epochs=25", "eval.settings=[
 
 
 def test_sigkill_mid_round_then_resume_matches_uninterrupted(tmp_path):
-    full = cli(*SLOW_ROUNDS, f"hydra.run.dir={tmp_path / 'full'}")
-    assert full.returncode == 0, full.stderr[-2000:]
+    """A run killed mid round 3, resumed on the command line, ends with the numbers of the same run
+    uninterrupted. That one runs in process (tests/inprocess.py: the same Experiment and client
+    handler on an in-process grid, one Ray start less), so the run through Ray also equals it."""
     killed_dir = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "fedquant", *SLOW_ROUNDS, f"hydra.run.dir={killed_dir}"],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -159,8 +162,18 @@ def test_sigkill_mid_round_then_resume_matches_uninterrupted(tmp_path):
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
     assert not (killed_dir / "results.json").exists() and not (killed_dir / "checkpoint_r00004.pt").exists()
-    resumed = cli(*SLOW_ROUNDS, f"resume_from={killed_dir}", f"hydra.run.dir={tmp_path / 'resumed'}")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}  # as cli() runs it
+    with (tmp_path / "resumed.err").open("w") as err:
+        resumed = subprocess.Popen([sys.executable, "-m", "fedquant", *SLOW_ROUNDS, f"resume_from={killed_dir}",
+                                    f"hydra.run.dir={tmp_path / 'resumed'}"], cwd=ROOT, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=err)
+    try:  # the uninterrupted run meanwhile
+        run_experiment_inprocess(make_config(*SLOW_ROUNDS), tmp_path / "full")
+        resumed.wait(timeout=400)
+    finally:
+        resumed.kill()
+        resumed.wait()
+    assert resumed.returncode == 0, (tmp_path / "resumed.err").read_text()[-2000:]
     a = json.loads((tmp_path / "full" / "results.json").read_text())
     b = json.loads((tmp_path / "resumed" / "results.json").read_text())
     assert b["resumed_from"]["round"] in (2, 3)

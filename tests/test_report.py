@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
+from fedquant.reevaluate.__main__ import main as reevaluate
 from fedquant.report.__main__ import main
 from fedquant.report.make import REPORT_FILES, make_report
 from fedquant.report.runs import ReportError, collect
@@ -425,7 +426,9 @@ def test_partition_labels_every_client(tmp_path, clients):
 # ------------------------------------------------------------------------- real runs (slow)
 
 
-def test_report_on_a_real_multirun(tmp_path):
+def test_report_on_a_real_multirun(tmp_path, capsys):
+    """The sweep, its report and the re-evaluation on the command line (the re-evaluation with other
+    options and its report in process: python -m fedquant.reevaluate / .report call these mains)."""
     sweep = tmp_path / "sweep"
     proc = subprocess.run(
         [sys.executable, "-m", "fedquant", "-m", *TINY, "num_rounds=1", "eval.settings=[fp,w4a4]",
@@ -467,12 +470,14 @@ def test_report_on_a_real_multirun(tmp_path):
     # the final models again from their checkpoints: the run's own options give the run's numbers
     same, mse = tmp_path / "same", tmp_path / "mse"
     printed = {}
-    for out, act_range, last in ((same, "minmax", "5"), (mse, "mse", "1")):
-        proc = subprocess.run([sys.executable, "-m", "fedquant.reevaluate", str(sweep), "--out", str(out),
-                               "--act-range", act_range, "--last", last], capture_output=True, text=True, cwd=ROOT,
-                              timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        printed[out] = proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "fedquant.reevaluate", str(sweep), "--out", str(same),
+                           "--act-range", "minmax", "--last", "5"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    printed[same] = proc.stdout
+    capsys.readouterr()
+    reevaluate([str(sweep), "--out", str(mse), "--act-range", "mse", "--last", "1"])
+    printed[mse] = capsys.readouterr().out
     assert "note: --last 5 asked for 5 checkpoints, the run has 1" in printed[same]  # said, not silent
     assert re.search(r"final model: fp \d+\.\d\d", printed[same]) and re.search(r"final model: fp", printed[mse])
     for job in sweep.glob("*/results.json"):
@@ -482,8 +487,8 @@ def test_report_on_a_real_multirun(tmp_path):
         assert redone["training_wall_time_s"] == original["wall_time_s"] != redone["wall_time_s"]
         again = json.loads((mse / job.parent.name / "results.json").read_text())
         assert again["reevaluated"]["act_range"] == "mse" and again["final"]["fp"] == original["final"]["fp"]
-    report = subprocess.run([sys.executable, "-m", "fedquant.report", str(mse)], capture_output=True, text=True,
-                            cwd=ROOT, timeout=120).stdout
+    main([str(mse)])
+    report = capsys.readouterr().out
     assert "| method | seeds | fp | w4a4 |" in report and "activation ranges: mse" in report
 
 

@@ -16,6 +16,7 @@ from fedquant.runtime import simulation
 from fedquant.runtime.simulation import REPLY_POLL_S, poll_replies_often
 from tests.fixtures import cifar_files
 from tests.helpers import TINY, make_config, strip_seconds
+from tests.inprocess import run_experiment_inprocess
 
 PROFILES = "strategy.profiles=[{name: npu8, share: 0.5, bits: [8]}, {name: mcu, share: 0.5, bits: [2, 4]}]"
 SETTINGS = "eval.settings=[fp,w8a8,w4a4,w4a8]"
@@ -91,21 +92,41 @@ def test_cli_cifar_missing_offline_is_one_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: cifar10: neither") and "dataset.root=" in lines[0]
 
 
+CLI_CIFAR = "cifar_heterofl"  # width sub-models in the replies: the one run through the command line and Ray
+
+
 def test_every_shipped_cifar_experiment_starts_on_real_format_files(tmp_path):
     """Each conf/experiment/cifar*.yaml runs one round on miniature CIFAR-10/100 binary releases
-    (augmentation and the round schedule included), in one sweep."""
+    (augmentation and the round schedule included): CLI_CIFAR on the command line, the others
+    meanwhile in process (tests/inprocess.py: the same Experiment and client handler, without a Ray
+    start each)."""
     root = tmp_path / "cifar"
     for name, folder, n in (("cifar10", "cifar-10-batches-bin", 24), ("cifar100", "cifar-100-binary", 120)):
         (root / folder).mkdir(parents=True)
         for member, raw in cifar_files(name, n=n)[0].items():
             (root / folder / member).write_bytes(raw)
     experiments = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("cifar*.yaml"))
-    proc = cli("-m", f"+experiment={','.join(experiments)}", f"dataset.root={root}", "dataset.holdout=40",
-               "dataset.validation=8", "num_clients=4", "clients_per_round=2", "num_rounds=1", "partition=iid",
-               "eval.settings=[fp,w4a4]", "quiet=true", f"hydra.sweep.dir={tmp_path / 'sweep'}", timeout=600)
-    assert proc.returncode == 0 and "error" not in proc.stderr, proc.stderr[-3000:]
-    results = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("*/results.json"))]
-    assert len(results) == len(experiments) >= 3
+    overrides = (f"dataset.root={root}", "dataset.holdout=40", "dataset.validation=8", "num_clients=4",
+                 "clients_per_round=2", "num_rounds=1", "partition=iid", "eval.settings=[fp,w4a4]", "quiet=true")
+    assert CLI_CIFAR in experiments
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    with (tmp_path / "cli.err").open("w") as err:
+        cli_run = subprocess.Popen([sys.executable, "-m", "fedquant", f"+experiment={CLI_CIFAR}", *overrides,
+                                    f"hydra.run.dir={tmp_path / 'cli' / CLI_CIFAR}"], stdout=subprocess.DEVNULL,
+                                   stderr=err, text=True, cwd=ROOT, env=env)
+    try:
+        for name in experiments:
+            if name != CLI_CIFAR:
+                run_experiment_inprocess(make_config(f"+experiment={name}", *overrides), tmp_path / "inprocess" / name)
+        cli_run.wait(timeout=600)
+    finally:
+        cli_run.kill()
+        cli_run.wait()
+    stderr = (tmp_path / "cli.err").read_text()
+    assert cli_run.returncode == 0 and "error" not in stderr, stderr[-3000:]
+    results = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/*/results.json"))]
+    assert len(results) == len(experiments) >= 3 and (tmp_path / "cli" / CLI_CIFAR / "results.json").is_file()
     for res in results:
         widths = {"fp@0.5", "fp@0.25"} if res["config"]["strategy"]["profiles"] else set()  # cifar_heterofl
         assert set(res["final"]) == {"fp", "w4a4"} | widths and res["config"]["dataset"]["augment"] is True

@@ -63,15 +63,13 @@ def test_offline_wandb_run_holds_metrics_and_config(wandb_run):
     assert last_fp == pytest.approx(results["final"]["fp"])
 
 
-def test_wandb_run_is_finished_with_failure_when_the_run_fails(tmp_path):
-    from strategies import DivergenceError
-
-    # every client NaN: the federation diverged (one NaN client is only that client's rejected reply)
-    cfg = make_config(*TINY, "num_rounds=2", "logger=wandb", "logger.mode=offline", "faults.nan_client_rate=1.0",
-                      "eval.settings=[fp]")
-    with pytest.raises(DivergenceError):
-        run_experiment(cfg, tmp_path)
-    records = read_records(next((tmp_path / "wandb").glob("offline-run-*/run-*.wandb")))
+def test_wandb_run_is_finished_with_failure_when_the_run_fails(diverged_run):
+    """The run of tests/conftest.py's diverged_run: every client NaN in round 3, the federation
+    diverged (one NaN client is only that client's rejected reply); the command line stops with
+    the DivergenceError's message (tests/test_reliability.py reads the rest)."""
+    proc, run_dir = diverged_run
+    assert proc.returncode == 1 and proc.stderr.startswith("error: round 3: non-finite values from every client")
+    records = read_records(next((run_dir / "wandb").glob("offline-run-*/run-*.wandb")))
     exits = [r.exit for r in records if r.WhichOneof("record_type") == "exit"]
     assert len(exits) == 1 and exits[0].exit_code == 1
 

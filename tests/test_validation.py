@@ -39,7 +39,7 @@ BAD = [
     (["strategy.name=fedsgd"], "strategy.name='fedsgd' is not valid: allowed are fedavg, qafedavg"),
     (["strategy.server=scaffold"], "strategy.server='scaffold' is not valid: allowed are fedavg, fedprox, fedavgm, fedadam"),
     (["+strategy.server_options.mu=0.1"], "strategy.server_options.mu is not valid for strategy.server=fedavg"),
-    (["strategy.sampling=per_epoch"], "strategy.sampling='per_epoch' is not valid: allowed are per_step, per_round, fixed"),
+    (["strategy.sampling=per_epoch"], "strategy.sampling='per_epoch' is not valid: allowed are per_step, per_layer, per_round, fixed"),
     (["strategy.bits=[4,1]"], "strategy.bits[1]=1 is out of range: allowed is an integer in 2..16"),
     (["strategy.sampling=fixed"], "strategy.bits=['2', '3', '4', '6', '8'] is not valid with strategy.sampling=fixed: allowed is exactly one setting"),
     ([f"strategy.profiles=[{PROFILE % ('a', 0.5, [8])}, {PROFILE % ('b', 0.3, [4])}]"], "strategy.profiles shares sum to 0.8: allowed is a sum of 1"),

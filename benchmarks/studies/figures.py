@@ -11,7 +11,9 @@ joins as ``--option ARM+LABEL=DIR`` (its runs are ``DIR/<seed>/results.json``).
 BEST=A,B,...]`` prints, from the CSV alone, each arm's mean +- sd over seeds per setting (test and
 validation) and each pair's paired test difference A - B with its 95% t-interval and verdict
 (:func:`fedquant.report.stats.paired_difference`); ``--choose`` makes an arm of the best of
-several per setting, chosen on their validation figures only.
+several per setting, chosen on their validation figures only; ``--contrast A:S B:T`` pairs arm A
+at setting S with arm B at setting T (e.g. a mixed-precision assignment against the best uniform
+setting that fits the same budget).
 """
 
 from __future__ import annotations
@@ -118,12 +120,16 @@ def read_figures(path: Path) -> dict[tuple[str, str, str], dict[int, float]]:
 def choose(figures: dict, name: str, members: list[str]) -> list[str]:
     """Add arm ``name`` to ``figures``: per setting, the member arm whose mean validation figure
     (over its seeds) is highest, its test and validation figures taken whole (the test figures
-    never take part in the choice). Returns one line per setting saying what was chosen."""
+    never take part in the choice; members are compared on the seeds they all have). Returns one
+    line per setting saying what was chosen."""
     settings = list(dict.fromkeys(s for arm, split, s in figures if arm in members and split == "validation"))
     said = []
     for setting in settings:
-        scored = [(mean_std(list(v.values())).mean, arm) for arm in members
-                  if (v := figures.get((arm, "validation", setting)))]
+        held = {arm: v for arm in members if (v := figures.get((arm, "validation", setting)))}
+        shared = set.intersection(*(set(v) for v in held.values()))  # compared on the seeds every member has
+        scored = [(mean_std([v[seed] for seed in sorted(shared)]).mean, arm) for arm, v in held.items() if shared]
+        if not scored:
+            continue
         best = max(scored)[1]
         for split in ("test", "validation"):
             figures[name, split, setting] = dict(figures.get((best, split, setting), {}))
@@ -131,8 +137,17 @@ def choose(figures: dict, name: str, members: list[str]) -> list[str]:
     return said
 
 
+def _difference_cell(a: dict[int, float], b: dict[int, float]) -> str:
+    p = paired_difference(a, b)
+    if p.n == 0:
+        return p.verdict
+    if p.n == 1:
+        return f"{100 * p.mean:+.2f} (one seed: not resolved)"
+    return f"{100 * p.mean:+.2f} [{100 * p.low:+.2f}, {100 * p.high:+.2f}] {p.verdict} (n={p.n})"
+
+
 def table(path: Path, pairs: list[tuple[str, str]], settings: list[str] | None,
-          chosen: dict[str, list[str]] | None = None) -> str:
+          chosen: dict[str, list[str]] | None = None, contrasts: list[tuple[str, str]] | None = None) -> str:
     """Markdown: per arm and setting, test and validation mean +- sd (n); then the pairs. Arms
     in ``chosen`` (name -> members) are picked per setting on validation (:func:`choose`)."""
     figures = read_figures(path)
@@ -156,16 +171,14 @@ def table(path: Path, pairs: list[tuple[str, str]], settings: list[str] | None,
     if pairs:
         lines += ["", "| A - B (test, paired over seeds) | " + " | ".join(shown) + " |", "|---|" + "---|" * len(shown)]
         for a, b in pairs:
-            cells = []
-            for setting in shown:
-                p = paired_difference(figures.get((a, "test", setting), {}), figures.get((b, "test", setting), {}))
-                if p.n == 0:
-                    cells.append(p.verdict)
-                elif p.n == 1:
-                    cells.append(f"{100 * p.mean:+.2f} (one seed: not resolved)")
-                else:
-                    cells.append(f"{100 * p.mean:+.2f} [{100 * p.low:+.2f}, {100 * p.high:+.2f}] {p.verdict} (n={p.n})")
+            cells = [_difference_cell(figures.get((a, "test", s), {}), figures.get((b, "test", s), {})) for s in shown]
             lines.append(f"| {a} - {b} | " + " | ".join(cells) + " |")
+    if contrasts:
+        lines += ["", "| A:setting - B:setting (test, paired over seeds) | difference |", "|---|---|"]
+        for a, b in contrasts:
+            (arm_a, _, set_a), (arm_b, _, set_b) = a.partition(":"), b.partition(":")
+            cell = _difference_cell(figures.get((arm_a, "test", set_a), {}), figures.get((arm_b, "test", set_b), {}))
+            lines.append(f"| {a} - {b} | {cell} |")
     if notes:
         lines += ["", "Chosen on validation: " + "; ".join(notes) + "."]
     return "\n".join(lines)
@@ -185,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--settings", nargs="+")
     t.add_argument("--choose", action="append", default=[], metavar="NAME=A,B,...",
                    help="an arm made of the best of A, B, ... per setting, chosen on validation")
+    t.add_argument("--contrast", nargs=2, action="append", default=[], metavar=("A:S", "B:T"),
+                   help="arm A at setting S minus arm B at setting T, paired over seeds")
     args = parser.parse_args(argv)
     if args.command == "collect":
         print(f"wrote {collect(args.root, args.option, args.out, args.last)} and its .env.json")
@@ -197,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
             if not members:
                 sys.exit(f"error: --choose {spec!r}: expected NAME=A,B,...")
             chosen[name] = members.split(",")
-        print(table(args.csv, [tuple(p) for p in args.pair], args.settings, chosen))
+        print(table(args.csv, [tuple(p) for p in args.pair], args.settings, chosen, [tuple(c) for c in args.contrast]))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ class RunHistory:
 
     evals: dict[int, dict] = field(default_factory=dict)  # round -> setting -> {accuracy, loss} (test)
     validation: dict[int, dict] = field(default_factory=dict)  # round -> setting -> {accuracy, loss}
+    mixed: dict[int, dict] = field(default_factory=dict)  # round -> budget name -> the assignment tested
     reports: dict[int, RoundReport] = field(default_factory=dict)  # round -> training replies
     round_s: dict[int, float] = field(default_factory=dict)  # round -> training wall time (this process)
     eval_s: dict[int, float] = field(default_factory=dict)  # round -> evaluation wall time
@@ -26,24 +27,33 @@ class RunHistory:
         self.reports[server_round] = report
 
     def record_eval(self, server_round: int, evaluation: dict, seconds: float) -> None:
-        """``evaluation`` as the Evaluator returns it: ``{"test": ..., "validation": ...}``."""
+        """``evaluation`` as the Evaluator returns it: ``{"test": ..., "validation": ...,
+        "mixed_precision": ...}``."""
         self.evals[server_round] = evaluation["test"]
         if evaluation["validation"]:
             self.validation[server_round] = evaluation["validation"]
+        if evaluation.get("mixed_precision"):
+            self.mixed[server_round] = evaluation["mixed_precision"]
         self.eval_s[server_round] = seconds
 
     def checkpoint_payload(self) -> dict:
         """Reports and evaluations as plain data (what a weights-only checkpoint can hold)."""
         return {"reports": {str(r): rep.to_dict() for r, rep in self.reports.items()},
                 "evals": {str(r): e for r, e in self.evals.items()},
-                "validation": {str(r): e for r, e in self.validation.items()}}
+                "validation": {str(r): e for r, e in self.validation.items()},
+                "mixed_precision": {str(r): e for r, e in self.mixed.items()}}
 
     @classmethod
     def from_checkpoint(cls, payload: Mapping) -> RunHistory:
         """Inverse of :meth:`checkpoint_payload` (timings start afresh)."""
         return cls(evals={int(r): e for r, e in payload["evals"].items()},
                    validation={int(r): e for r, e in payload.get("validation", {}).items()},
+                   mixed={int(r): e for r, e in payload.get("mixed_precision", {}).items()},
                    reports={int(r): RoundReport.from_dict(d) for r, d in payload["reports"].items()})
+
+    def final_assignments(self) -> dict[str, dict]:
+        """The mixed-precision assignments tested at the last evaluation (empty without budgets)."""
+        return self.mixed.get(max(self.evals), {}) if self.evals else {}
 
     def final(self, split: str = "test") -> dict[str, float]:
         """Accuracy per setting at the last evaluated round, on the test or validation split."""
@@ -65,6 +75,8 @@ class RunHistory:
                 entry["eval"] = self.evals[r]
             if r in self.validation:
                 entry["validation"] = self.validation[r]
+            if r in self.mixed:
+                entry["mixed_precision"] = self.mixed[r]
             if r in self.reports:
                 entry["train"] = self.reports[r].summary()
                 uplink += entry["train"]["uplink_bytes"]

@@ -139,6 +139,22 @@ def check_schemes(cfg: Mapping, servers) -> None:
                               "remove the profile's scheme")
 
 
+def check_budgets(cfg: Mapping, servers) -> None:
+    """A mixed-precision ``budget`` needs quantized settings for its layers (``layer_bits``, or the
+    profile's bits), and ``layer_bits`` means nothing without one. Whether the model can meet the
+    budget is checked when the model is built (:func:`fedquant.experiment.specs.server_evaluator`)."""
+    for i, p in enumerate(cfg["strategy"]["profiles"]):
+        name = f"strategy.profiles[{i}]"
+        if p.get("budget") is None:
+            if p.get("layer_bits"):
+                raise ConfigError(f"{name}.layer_bits is only used with a budget: set {name}.budget or remove it")
+            continue
+        given = "layer_bits" if p.get("layer_bits") else "bits"
+        if all(s == FLOAT for s in parse_settings(p[given], f"{name}.{given}")):
+            raise ConfigError(f"{name}.budget needs quantized settings for its layers: {name}.{given}="
+                              f"{list(p[given])} has none; allowed is e.g. layer_bits: [2, 4, 8]")
+
+
 def _has_widths(cfg: Mapping) -> bool:
     return any(float(p.get("width", 1.0)) < 1 for p in cfg["strategy"]["profiles"])
 
@@ -295,5 +311,5 @@ def check_holdout(cfg: Mapping, servers=None) -> None:
 
 
 RULES = (check_counts, check_dataset_root, check_model_options, check_server, check_bits, check_profiles,
-         check_aggregator, check_privacy, check_attack, check_schemes, check_oscillation, check_recipes, check_links, check_resume, check_holdout)
+         check_aggregator, check_privacy, check_attack, check_schemes, check_budgets, check_oscillation, check_recipes, check_links, check_resume, check_holdout)
 MACHINE_RULES = (check_dataset_root, check_resume)  # about the machine a run starts on, not the run

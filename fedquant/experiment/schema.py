@@ -25,7 +25,7 @@ from ..federation.attacks import ATTACKS
 from ..federation.bitwidths import SAMPLING_MODES, parse_settings
 from ..federation.compression import GRANULARITIES, OFF, ROUNDINGS
 from ..federation.plan import ON_TOO_FEW, STRATEGIES
-from ..federation.profiles import Profile
+from ..federation.profiles import Profile, budget_value
 from ..federation.schedule import LR_SCHEDULES
 from ..federation.uplink import SEND
 from ..fields import REQUIRED, key
@@ -66,7 +66,7 @@ class DatasetConfig:
 class StrategyConfig:
     name: str = key(doc="fedavg (float training, post-training quantization) | qafedavg (QAT)", choices=STRATEGIES)
     bits: list = key(doc="the set B: integers (WbAb), 'wXaY' or 'fp' (float steps)", check=_settings)
-    sampling: str = key(doc="per_step | per_round | fixed (B must then hold one setting)", choices=SAMPLING_MODES)
+    sampling: str = key(doc="per_step | per_layer (each layer its own draw every step) | per_round | fixed (B must then hold one setting)", choices=SAMPLING_MODES)
     server: str = key("fedavg", "Flower server strategy: fedavg | fedprox | fedavgm | fedadam | fedyogi | fedadagrad | "
                                 "fedmedian | fedtrimmedavg | krum | multikrum | bulyan | qfedavg")
     server_options: dict = key({}, "passed to Flower's class, e.g. {proximal_mu: 0.01} or {eta: 0.01}")
@@ -96,6 +96,21 @@ class ProfileConfig:
     weight_granularity: str | None = key(None, "its weight scales: per_channel | per_tensor (null: quantization's)",
                                          choices=WEIGHT_GRANULARITIES)
     scale: str | None = key(None, "its scales: float | pow2 (null: quantization's)", choices=SCALES)
+    budget: Any = key(None, "mixed precision: at most this many bytes (an integer) or this fraction of the float "
+                            "model's bytes (0.125 or '1/8'); the server picks each layer's bits (null: none)",
+                      check=lambda name, v: _budget(name, v))
+    layer_bits: list | None = key(None, "the settings a layer may take under the budget (null: the profile's "
+                                        "quantized bits)", check=lambda name, v: v is None or _settings(name, v))
+
+
+def _budget(name: str, value: Any) -> None:
+    try:
+        budget = budget_value(value)
+    except ValueError as err:
+        raise ValueError(f"{name}{str(err).removeprefix('budget')}") from None
+    if budget is not None and (budget <= 0 or not isinstance(budget, int) and budget > 1):
+        raise ValueError(f"{name}={value!r} is out of range: allowed is a positive number of bytes (an integer) or a "
+                         "fraction in (0, 1] of the float model's bytes")
 
 
 def _name(name: str, value: Any) -> None:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..federation.attacks import AttackPlan
-from ..federation.bitwidths import FLOAT, Setting, parse_settings
+from ..federation.bitwidths import FLOAT, Setting, parse_settings, setting_name
 from ..federation.freezing import OscillationPlan
 from ..federation.plan import TrainingPlan
 from ..federation.profiles import (
@@ -21,11 +21,13 @@ from ..federation.profiles import (
     with_profile_settings,
 )
 from ..federation.schedule import BitSchedule, LRSchedule
-from ..learning.evaluation import EvalProtocol, Evaluator
+from ..learning.evaluation import Budget, EvalProtocol, Evaluator
 from ..learning.width_evaluation import LevelledEvaluator
 from ..models.width import without_scalers
+from ..quant import quant_layers
 from ..quant.scheme import Scheme, set_scheme
 from .averaging import WeightAverage
+from .keys import ConfigError
 from .rounds import Schedule
 from .workspace import DataSpec, FederatedData, ModelSpec, build_quantized_model
 
@@ -136,8 +138,10 @@ def server_evaluator(cfg: Mapping, fed: FederatedData, settings: list[Setting] |
         model = without_scalers(model) if level.width < 1 else model
         return set_scheme(model, level.scheme) if level.scheme else model
 
+    profiles = run_profiles(cfg)
     full = evaluator(build_quantized_model(spec, fed.data, cfg["seed"]), settings)
-    levels = deployment_levels(run_profiles(cfg))
+    with_budgets(full, [p for p in profiles if p.level == Level()])
+    levels = deployment_levels(profiles)
     if not levels:
         return full
 
@@ -146,7 +150,32 @@ def server_evaluator(cfg: Mapping, fed: FederatedData, settings: list[Setting] |
         return at if level.width == 1 else [FLOAT] + [s for s in at if s != FLOAT]
 
     order = sorted(levels, key=lambda lv: (-lv.width, lv.scheme is not None, lv.scheme.label if lv.scheme else ""))
-    return LevelledEvaluator(full, {level: evaluator(level_model(level), level_settings(level)) for level in order})
+    return LevelledEvaluator(full, {level: with_budgets(evaluator(level_model(level), level_settings(level)),
+                                                        [p for p in profiles if p.level == level]) for level in order})
+
+
+def with_budgets(evaluator: Evaluator, profiles: list[Profile]) -> Evaluator:
+    """``evaluator`` testing the mixed-precision budget of each of ``profiles`` that has one
+    (all on the evaluator's level); ``ConfigError`` when the model cannot meet one: fewer than two
+    layers to choose for, or a budget below its smallest assignment (both stated in bytes)."""
+    for p in profiles:
+        if p.budget is None:
+            continue
+        budget = Budget(p.budget, p.layer_options)
+        layers = list(quant_layers(evaluator.model))
+        free = [layer for layer in layers if not layer.pinned]
+        if len(free) < 2:
+            raise ConfigError(f"strategy.profiles: {p.name}'s budget needs a model with at least two layers to give "
+                              f"different bits, and only {len(free)} of its {len(layers)} quantized layers "
+                              f"{'is' if len(free) == 1 else 'are'} not pinned; "
+                              "remove the budget or set quantization.pin_first_last=false")
+        limit, least = budget.bytes_for(evaluator.model), budget.smallest_bytes(evaluator.model)
+        if limit < least:
+            raise ConfigError(f"strategy.profiles: {p.name}'s budget={p.budget} ({limit:,} bytes) is below the "
+                              f"smallest model its layer bits {[setting_name(o) for o in budget.options]} give, "
+                              f"{least:,} bytes; raise the budget or allow fewer bits")
+        evaluator.budgets[p.mixed] = budget
+    return evaluator
 
 
 def round_schedule(cfg: Mapping) -> Schedule:

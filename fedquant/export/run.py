@@ -12,7 +12,10 @@ profile's settings, on the profile's own sub-model when it has a ``width`` below
 the first ``ceil(width * C)`` channels of every hidden layer, cut from the global model and
 calibrated like the server's per-width evaluation) and under the profile's quantizer scheme
 (weight granularity, float or power-of-two scales; a power-of-two scale is written exactly,
-``2^k`` in the float32 initializer, and a BatchNorm after such a conv stays a float node). ``--settings`` exports exactly the settings given (no profile folders); a
+``2^k`` in the float32 initializer, and a BatchNorm after such a conv stays a float node); a
+profile with a mixed-precision ``budget`` also gets ``mixed.onnx``, the assignment the server
+chooses for this checkpoint (:meth:`fedquant.learning.evaluation.Evaluator.assign`, each layer at
+its own bits; the bits per layer are printed and stored in its encodings). ``--settings`` exports exactly the settings given (no profile folders); a
 setting the run never evaluated is allowed (it is calibrated the same way; there is just no
 reported accuracy to compare with), a malformed one is an error. Every file is checked with
 onnxruntime on 256 test images against the simulated model (the largest logit difference is
@@ -40,12 +43,12 @@ from ..experiment.specs import experiment_specs, run_profiles, server_evaluator
 from ..experiment.workspace import federated_data
 from ..federation.bitwidths import FLOAT, Setting, parse_settings, setting_name
 from ..federation.profiles import Level
+from ..files import atomic_write
 from ..learning.evaluation import Evaluator, accuracy, model_bytes
 from ..models.state import float_state
 from ..models.width import extract
 from ..quant.scheme import get_scheme
 from ..runtime.checkpoint import CheckpointError, evaluated_state, list_checkpoints, load_checkpoint
-from ..tracking.files import atomic_write
 from ..tracking.progress import Progress, seconds
 from ..tracking.results import write_json
 
@@ -93,9 +96,20 @@ def find_checkpoint(target: Path) -> Path:
     return found[-1]
 
 
-def plan_settings(cfg: dict, names: list[str] | None) -> dict[str, tuple[Level, list[Setting]]]:
+Job = Setting | str  # a setting, or a profile's mixed-precision budget (its name, mp_<profile>)
+
+
+def job_name(job: Job) -> str:
+    return job if isinstance(job, str) else setting_name(job)
+
+
+def file_stem(job: Job) -> str:
+    return "mixed" if isinstance(job, str) else setting_name(job)
+
+
+def plan_settings(cfg: dict, names: list[str] | None) -> dict[str, tuple[Level, list[Job]]]:
     """Folder (``""`` = the output folder, else a profile's name) -> (the level: model width and
-    scheme, settings to export there)."""
+    scheme, settings to export there, and its mixed-precision budget's name where it has one)."""
     if names is not None:
         return {"": (Level(), parse_settings(names, "--settings"))}
     evaluated = parse_settings(cfg["eval"]["settings"], "eval.settings")
@@ -104,14 +118,14 @@ def plan_settings(cfg: dict, names: list[str] | None) -> dict[str, tuple[Level, 
         folder = re.sub(r"[^A-Za-z0-9_.-]", "_", profile.name)
         if folder in ("", ".", ".."):
             raise ExportError(f"profile name {profile.name!r} cannot be a folder name")
-        plan[folder] = (profile.level, profile.settings)
+        plan[folder] = (profile.level, profile.settings + ([profile.mixed] if profile.mixed else []))
     return plan
 
 
 def check_calibration(cfg: dict, settings: list[Setting]) -> None:
     """A quantized setting needs calibration images: the hold-out minus the validation split."""
     images = int(cfg["dataset"]["holdout"]) - int(cfg["dataset"]["validation"])
-    quantized = [setting_name(s) for s in settings if s != FLOAT]
+    quantized = [job_name(s) for s in settings if s != FLOAT]
     if quantized and images <= 0:
         raise ExportError(f"cannot calibrate {', '.join(quantized)}: the run has no calibration images "
                           f"(dataset.holdout={cfg['dataset']['holdout']}, dataset.validation="
@@ -128,14 +142,16 @@ def check_writable(out: Path) -> None:
         raise ExportError(f"--out {out}: cannot write there ({err.strerror or err})") from None
 
 
-def build_artifact(evaluator: Evaluator, state: dict, setting: Setting, fold_batchnorm: bool, int4: bool,
+def build_artifact(evaluator: Evaluator, state: dict, job: Job, fold_batchnorm: bool, int4: bool,
                    full_check: bool) -> Artifact:
-    """Deploy ``setting`` as the server does, export it and check it with onnxruntime."""
+    """Deploy ``job`` as the server does (a budget: at the assignment it chooses for ``state``),
+    export it and check it with onnxruntime."""
     from .check import compare, non_pow2_scales, onnx_accuracy, session
     from .onnx_export import export_model
 
-    name = setting_name(setting)
+    name = job_name(job)
     try:
+        setting = evaluator.assign(state, job) if isinstance(job, str) else job
         model = evaluator.deploy(state, setting)
     except ValueError as err:
         raise ExportError(f"cannot calibrate {name}: {err}") from None
@@ -152,7 +168,8 @@ def build_artifact(evaluator: Evaluator, state: dict, setting: Setting, fold_bat
         scores["simulated"] = accuracy(model, data, data.test_x, data.test_y, evaluator.batch_size)[0]
         scores["onnxruntime"] = onnx_accuracy(exact, data, data.test_x, data.test_y)[0]
         scores["onnxruntime_default"] = onnx_accuracy(session(blob, exact=False), data, data.test_x, data.test_y)[0]
-    return Artifact(setting, blob, exported.encodings, model_bytes(model, setting), agreement.logit_diff, scores,
+    encodings = exported.encodings | ({"mixed_precision": evaluator.assignments[job]} if isinstance(job, str) else {})
+    return Artifact(setting, blob, encodings, model_bytes(model, setting), agreement.logit_diff, scores,
                     agreement.describe())
 
 
@@ -182,8 +199,8 @@ def export_run(target: Path, out: Path | None = None, names: list[str] | None = 
         fed = federated_data(experiment_specs(cfg)[0])
     except DatasetError as err:
         raise ExportError(str(err)) from None
-    evaluator = server_evaluator(cfg, fed, [s for level, s in jobs if level == Level()] or [FLOAT])
-    labels = [level.name(setting_name(s)) for level, s in jobs]
+    evaluator = server_evaluator(cfg, fed, [s for level, s in jobs if level == Level() and not isinstance(s, str)] or [FLOAT])
+    labels = [level.name(job_name(s)) for level, s in jobs]
     log(f"{checkpoint} (round {payload.get('round')}): {cfg['model']['name']} on {cfg['dataset']['name']}, "
         f"{len(fed.calibration)} calibration images; exporting {', '.join(labels)}")
     artifacts = {}
@@ -203,6 +220,8 @@ def export_run(target: Path, out: Path | None = None, names: list[str] | None = 
                 raise ExportError(f"{name}: {err}") from None
             a = artifacts[level, setting]
             note = "" if setting in evaluated or setting == FLOAT or level != Level() else " (not in the run's eval.settings)"
+            if isinstance(setting, str):
+                note = f"  bits per layer {' '.join(a.encodings['mixed_precision']['bits'])}"
             scores = " ".join(f"{k} {100 * v:.2f}" for k, v in a.accuracy.items())
             log(f"  {name:>8}  {len(a.onnx):>10,} bytes on disk  model_bytes {a.model_bytes:>10,}  "
                 f"max |logit diff| {a.logit_diff:.2e}{a.explanation}{'  test accuracy: ' + scores if scores else ''}{note}  "
@@ -215,7 +234,7 @@ def export_run(target: Path, out: Path | None = None, names: list[str] | None = 
             target_dir = out / folder
             target_dir.mkdir(parents=True, exist_ok=True)
             for setting in folder_settings:
-                a, stem = artifacts[level, setting], setting_name(setting)
+                a, stem = artifacts[level, setting], file_stem(setting)
                 written.append(atomic_write(target_dir / f"{stem}.onnx", lambda tmp, blob=a.onnx: tmp.write_bytes(blob)))
                 write_json(target_dir / f"{stem}.encodings.json", a.encodings)
                 written.append(target_dir / f"{stem}.encodings.json")

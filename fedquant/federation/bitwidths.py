@@ -2,6 +2,13 @@
 
 A *setting* is a (weight_bits, act_bits) pair, ``None`` meaning float. It is written ``"fp"``,
 ``"w4a4"``, ``"w4a8"``, or as a bare integer ``b`` meaning ``wbab``.
+
+Sampling modes (``strategy.sampling``): ``per_step`` draws one setting for the whole model before
+every local step; ``per_layer`` draws, before every step, each quantized layer's setting
+independently and uniformly from the same set (a :class:`~fedquant.quant.LayerBits`), so the
+model learns to run any per-layer assignment a server may choose under a byte budget; pinned
+layers keep their pinned bits; ``per_round`` draws one setting per client and round; ``fixed``
+trains at the one setting given.
 """
 
 from __future__ import annotations
@@ -11,11 +18,12 @@ import re
 import numpy as np
 
 from ..quant.config import MAX_BITS, MIN_BITS, check_bits
+from ..quant.modules import LayerBits
 from ..streams import Stream, stream_rng
 
 Setting = tuple[int | None, int | None]
 FLOAT: Setting = (None, None)
-SAMPLING_MODES = ("per_step", "per_round", "fixed")
+SAMPLING_MODES = ("per_step", "per_layer", "per_round", "fixed")
 _PATTERN = re.compile(r"w(\d+)a(\d+)")
 
 
@@ -63,11 +71,16 @@ def encode(settings: list[Setting]) -> list[str]:
     return [setting_name(s) for s in settings]
 
 
-def setting_source(sampling: str, settings: list[Setting], seed: int):
-    """What a client calls before every step: a seeded draw from ``settings`` for ``per_step``,
-    else the one setting it was sent."""
+def setting_source(sampling: str, settings: list[Setting], seed: int, layers: int | None = None):
+    """What a client calls before every step: a seeded draw from ``settings`` for ``per_step``, a
+    :class:`~fedquant.quant.LayerBits` of ``layers`` independent draws for ``per_layer``, else the
+    one setting it was sent."""
     if sampling == "per_step":
         return BitSampler(settings, stream_rng(seed, Stream.STEP_SETTING))
+    if sampling == "per_layer":
+        if not layers:
+            raise ValueError("sampling='per_layer' needs the model's number of quantized layers (layers=...)")
+        return LayerSampler(settings, stream_rng(seed, Stream.STEP_SETTING), layers)
     fixed = settings[0]
     return lambda: fixed
 
@@ -81,3 +94,14 @@ class BitSampler:
 
     def __call__(self) -> Setting:
         return self.settings[int(self.rng.integers(len(self.settings)))]
+
+
+class LayerSampler(BitSampler):
+    """Draws each of ``layers`` layers' setting uniformly and independently from a set."""
+
+    def __init__(self, settings: list[Setting], rng: np.random.Generator, layers: int) -> None:
+        super().__init__(settings, rng)
+        self.layers = layers
+
+    def __call__(self) -> LayerBits:
+        return LayerBits([self.settings[int(i)] for i in self.rng.integers(len(self.settings), size=self.layers)])

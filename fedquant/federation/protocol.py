@@ -18,7 +18,7 @@ METRICS = "metrics"
 # per-node train config
 PARTITION = "data-partition"  # our client partition (Flower's node_config "partition-id" is the node's index)
 SETTINGS = "settings"  # list[str]: the settings to train at (sampled per step or fixed)
-SAMPLING = "sampling"  # per_step | per_round | fixed
+SAMPLING = "sampling"  # per_step | per_layer | per_round | fixed
 WIDTH = "width"  # the client's sub-model width (HeteroFL); its arrays travel cut to that width
 WEIGHT_GRANULARITY, SCALE = "weight-granularity", "quant-scale"  # the client's quantizer scheme (its profile's)
 SEED = "seed"

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from ..files import atomic_write
 from .compression import Codec, decode_state, encode_state
 
 SEND = ("update", "weights")
@@ -90,7 +91,8 @@ def broadcast(state: Mapping[str, torch.Tensor], codec: Codec) -> tuple[dict[str
 
 class ResidualStore:
     """A client's error-feedback residuals, one file per round it took part in:
-    ``<root>/<client>/r<round>.pt``, written atomically (a SIGKILL leaves the old file or the new).
+    ``<root>/<client>/r<round>.pt``, written with :func:`fedquant.files.atomic_write` (a SIGKILL
+    leaves the old file or the new).
 
     In round ``r`` the client reads its newest residual from a round before ``r``. After writing
     it drops the files superseded before ``keep_from`` (the server's newest checkpoint round): a
@@ -114,9 +116,7 @@ class ResidualStore:
 
     def save(self, server_round: int, residual: Mapping[str, torch.Tensor], keep_from: int = 0) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".r{server_round}.pt.tmp"
-        torch.save(dict(residual), tmp)
-        os.replace(tmp, self.dir / f"r{server_round}.pt")
+        atomic_write(self.dir / f"r{server_round}.pt", lambda tmp: torch.save(dict(residual), tmp))
         rounds = self._rounds()
         base = [r for r in rounds if r <= keep_from]
         for r in rounds:

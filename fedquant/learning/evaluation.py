@@ -13,6 +13,12 @@ The protocol (:class:`EvalProtocol`, stated in every results.json) for each sett
    BatchNorm folded, as deployed: :mod:`fedquant.quant.integer_bias`);
 4. accuracy and loss on the validation images (where choices are made) and on the test set
    (only reported).
+
+A device profile with a byte ``budget`` (:class:`Budget`) is tested at the mixed-precision
+assignment the server chooses for it (:meth:`Evaluator.assign`): each layer's sensitivity at each
+option is measured on the calibration images (loss change, :meth:`Evaluator.sensitivities`), the
+knapsack of :mod:`fedquant.quant.mixed_precision` picks the assignment that fits, and that
+assignment is then deployed and tested by steps 1-4 like any setting.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
@@ -30,50 +37,30 @@ from ..data import Dataset
 from ..federation.bitwidths import FLOAT, Setting, setting_name
 from ..fields import check_fields, key
 from ..models.state import load_float_state
-from ..quant import calibrate, quant_layers, reestimate_batchnorm, set_bitwidth, set_weight_ranges
+from ..quant import (
+    LayerBits,
+    apply_bits,
+    calibrate,
+    quant_layers,
+    reestimate_batchnorm,
+    set_bitwidth,
+    set_weight_ranges,
+)
 from ..quant.adaround import AdaRoundConfig, adaround
 from ..quant.bias_correction import correct_bias
 from ..quant.config import ACT_RANGES, WEIGHT_RANGES
 from ..quant.graph import batchnorm_after
 from ..quant.integer_bias import quantize_biases
+from ..quant.mixed_precision import BudgetError, smallest_bits, solve
+from ..quant.size import layer_bits, model_bytes, other_bits
 from .batches import memory_format_for, to_input
 
 PTQ_METHODS = ("basic", "adaround")
 SettingHook = Callable[[str, int, int], None]  # on_setting(name, i, m): setting i of m starts
-SCALE_BYTES = 4  # float32 scales
-POW2_SCALE_BYTES = 1  # a power-of-two scale 2^k is stored as its exponent k (int8: a shift amount)
-
-
-def scale_bytes(pow2: bool) -> int:
-    """Bytes of one stored scale: float32, or the int8 exponent of a power of two."""
-    return POW2_SCALE_BYTES if pow2 else SCALE_BYTES
-
-
-def zero_point_bytes(bits: int) -> int:
-    """A zero-point is stored in the tensor's own integer container: 1 byte up to 8 bits, else 2."""
-    return 1 if bits <= 8 else 2
-
-
-def model_bytes(model: nn.Module, setting: Setting) -> int:
-    """Deployed size: Conv/Linear weights at their bit-width (pinned layers at theirs), every
-    other parameter (biases, norm affine) at 32 bits, and the quantization parameters: per
-    quantized weight channel (one per tensor, with a per-tensor scheme) a scale and a zero-point,
-    per quantized activation tensor a scale and a zero-point (:func:`zero_point_bytes`); a scale
-    is a float32, or with power-of-two scales its int8 exponent (:func:`scale_bytes`). Statistics
-    are excluded."""
-    bits_total = 0
-    counted = set()
-    for layer in quant_layers(model):
-        w, a = layer.effective_bits(*setting)
-        bits_total += layer.weight.numel() * (w or 32)
-        wq, aq = layer.weight_quantizer, layer.input_quantizer
-        if w is not None:
-            bits_total += wq.num_scales * 8 * (scale_bytes(wq.pow2) + zero_point_bytes(w))
-        if a is not None:
-            bits_total += 8 * (scale_bytes(aq.pow2) + zero_point_bytes(a))
-        counted.add(id(layer.weight))
-    bits_total += sum(p.numel() * 32 for p in model.parameters() if id(p) not in counted)
-    return math.ceil(bits_total / 8)
+MIXED_PRECISION_MEASURE = ("per layer and option, the mean cross-entropy change on the calibration images with only that "
+                           "layer quantized; the assignment minimising its sum under the byte budget (0/1 knapsack, "
+                           "scipy.optimize.milp); at the final evaluation")
+__all__ = ["MIXED_PRECISION_MEASURE", "Budget", "EvalProtocol", "Evaluator", "accuracy", "model_bytes"]  # model_bytes: fedquant.quant.size
 
 
 @dataclass(frozen=True)
@@ -115,6 +102,30 @@ class EvalProtocol:
                 "calibration_samples": calibration, "validation_samples": validation}
 
 
+@dataclass(frozen=True)
+class Budget:
+    """A profile's mixed-precision target: at most ``budget`` bytes (an int), or that fraction of
+    the float model's bytes (a ``Fraction`` in (0, 1]: ``floor(budget * model_bytes(fp))``, exact),
+    each layer at one of ``options`` (pinned layers at their pinned bits)."""
+
+    budget: int | Fraction
+    options: tuple[Setting, ...]
+
+    def bytes_for(self, model: nn.Module) -> int:
+        """The budget in bytes for ``model``."""
+        if isinstance(self.budget, int):
+            return self.budget
+        return math.floor(self.budget * model_bytes(model, FLOAT))
+
+    def costs(self, model: nn.Module) -> list[list[int]]:
+        """``c[l][j]``: bits of quantized layer ``l`` at option ``j`` (:func:`layer_bits`)."""
+        return [[layer_bits(layer, s) for s in self.options] for layer in quant_layers(model)]
+
+    def smallest_bytes(self, model: nn.Module) -> int:
+        """The smallest ``model_bytes`` any assignment over ``options`` reaches."""
+        return math.ceil(smallest_bits(self.costs(model), other_bits(model)) / 8)
+
+
 @dataclass
 class Evaluator:
     """Tests one model architecture at ``settings``; call it with a global state dict."""
@@ -127,6 +138,7 @@ class Evaluator:
     protocol: EvalProtocol = field(default_factory=EvalProtocol)
     batch_size: int = 256  # faster than larger batches on CPU here (cache); see docs/benchmarks.md
     device: torch.device | str = "cpu"
+    budgets: dict[str, Budget] = field(default_factory=dict)  # result name -> a profile's mixed-precision budget
 
     def __post_init__(self) -> None:
         fmt = memory_format_for(self.model)
@@ -135,31 +147,84 @@ class Evaluator:
         self._calib = [to_input(self.data, x[i:i + 256], self.device, fmt) for i in range(0, len(x), 256)]
         self._float: nn.Module | None = None  # the float reference for bias correction
         self._batchnorm_after: dict[str, str] | None = None  # conv -> the BatchNorm folded into it
+        self.assignments: dict[str, dict] = {}  # budget name -> the assignment of the last call (assign)
 
     def with_data(self, **fields) -> Evaluator:
         """The same evaluator with other data fields (e.g. ``calibration``)."""
         return replace(self, **fields)
 
+    @property
+    def jobs(self) -> int:
+        """What one call tests: every setting and every budget's assignment."""
+        return len(self.settings) + len(self.budgets)
+
     def model_bytes(self) -> dict[str, int]:
+        """Bytes per setting (a budget's assignment: in its ``mixed_precision`` entry)."""
         return {setting_name(s): model_bytes(self.model, s) for s in self.settings}
+
+    def sensitivities(self, state: dict[str, torch.Tensor], options: tuple[Setting, ...]) -> list[list[float]]:
+        """``D[l][j] = L(layer l alone at options[j]) - L(fp)``: the mean cross-entropy on the
+        calibration images when only quantized layer ``l`` runs at option ``j`` (deployed by the
+        protocol: its weight range, its input's activation range calibrated, BatchNorm
+        re-estimated when the protocol does; AdaRound and bias correction are not run here), minus
+        that of the float model. Pinned layers run at their pinned bits whatever the option: 0."""
+        x, y = self.data.train_x[self.calibration], self.data.train_y[self.calibration]
+        base = accuracy(self.deploy(state, FLOAT), self.data, x, y, self.batch_size, self.device)[1]
+        layers = list(quant_layers(self.model))
+        out = []
+        for i, layer in enumerate(layers):
+            if layer.pinned:
+                out.append([0.0] * len(options))
+                continue
+            row = []
+            for option in options:
+                only = LayerBits([option if k == i else FLOAT for k in range(len(layers))])
+                model = self.deploy(state, only, ptq=False)
+                row.append(accuracy(model, self.data, x, y, self.batch_size, self.device)[1] - base)
+            out.append(row)
+        return out
+
+    def assign(self, state: dict[str, torch.Tensor], name: str) -> LayerBits:
+        """The mixed-precision assignment of budget ``name`` for ``state``: the knapsack of
+        :func:`fedquant.quant.mixed_precision.solve` over :meth:`sensitivities` and the exact
+        per-layer bits (:func:`fedquant.quant.size.layer_bits`); it is kept in
+        ``assignments[name]`` (bits per layer, bytes, budget, total sensitivity)."""
+        budget = self.budgets[name]
+        layers = list(quant_layers(self.model))
+        limit = budget.bytes_for(self.model)
+        try:
+            choice = solve(self.sensitivities(state, budget.options), budget.costs(self.model), 8 * limit,
+                           other_bits(self.model))
+        except BudgetError:
+            raise BudgetError(f"{name}: a budget of {limit:,} bytes is below the smallest assignment of "
+                              f"{[setting_name(s) for s in budget.options]}, {budget.smallest_bytes(self.model):,} "
+                              "bytes") from None
+        bits = LayerBits([budget.options[j] for j in choice.options])
+        self.assignments[name] = {
+            "layers": [n for n, m in self.model.named_modules() if m in layers],
+            "bits": [setting_name(layer.effective_bits(*s)) for layer, s in zip(layers, bits, strict=True)],
+            "model_bytes": model_bytes(self.model, bits), "budget_bytes": limit,
+            "sensitivity": choice.sensitivity}
+        return bits
 
     def describe(self) -> dict:
         return self.protocol.describe(self.model, len(self.calibration), len(self.validation))
 
-    def deploy(self, state: dict[str, torch.Tensor], setting: Setting) -> nn.Module:
-        """The model as deployed at ``setting``: steps 1-3 of the module docstring."""
+    def deploy(self, state: dict[str, torch.Tensor], setting: Setting | LayerBits, ptq: bool = True) -> nn.Module:
+        """The model as deployed at ``setting`` (one per layer: a :class:`LayerBits`): steps 1-3
+        of the module docstring (``ptq=False``: without AdaRound and bias correction)."""
         p = self.protocol
         load_float_state(self.model, state)
-        set_bitwidth(self.model, *setting)
+        apply_bits(self.model, setting)
         if setting == FLOAT:
             if p.reestimate_bn and self._calib:
                 reestimate_batchnorm(self.model, self._calib)
             return self.model
         set_weight_ranges(self.model, p.weight_range)
-        if p.ptq == "adaround":
+        if p.ptq == "adaround" and ptq:
             adaround(self.model, self._calib, AdaRoundConfig(iterations=p.adaround_iterations))
         self._calibrate()
-        if p.bias_correction:
+        if p.bias_correction and ptq:
             correct_bias(self.model, self._float_reference(state), self._calib)
             self._calibrate()  # the corrected biases move the ranges of the layers after them
         if p.integer_bias:  # last: the grids need the final ranges; the ranges stay (as a runtime's do)
@@ -184,22 +249,24 @@ class Evaluator:
 
     def __call__(self, state: dict[str, torch.Tensor],
                  on_setting: SettingHook | None = None) -> dict[str, dict[str, dict[str, float]]]:
-        """``{"test": {setting: {accuracy, loss}}, "validation": {...}}`` (validation empty
-        without a validation split); ``on_setting(name, i, m)`` is called as setting ``i`` of
-        ``m`` starts (progress displays)."""
+        """``{"test": {setting: {accuracy, loss}}, "validation": {...}, "mixed_precision": {budget
+        name: its assignment}}`` (validation empty without a validation split, mixed_precision
+        without budgets); ``on_setting(name, i, m)`` is called as setting ``i`` of ``m`` starts
+        (progress displays)."""
         test, validation = {}, {}
-        for i, setting in enumerate(self.settings, 1):
-            name = setting_name(setting)
+        jobs = [(setting_name(s), s) for s in self.settings] + [(name, None) for name in self.budgets]  # None: assign
+        for i, (name, setting) in enumerate(jobs, 1):
             if on_setting is not None:
-                on_setting(name, i, len(self.settings))
-            model = self.deploy(state, setting)
+                on_setting(name, i, len(jobs))
+            model = self.deploy(state, self.assign(state, name) if setting is None else setting)
             if len(self.validation):
                 acc, loss = accuracy(model, self.data, self.data.train_x[self.validation],
                                      self.data.train_y[self.validation], self.batch_size, self.device)
                 validation[name] = {"accuracy": acc, "loss": loss}
             acc, loss = accuracy(model, self.data, self.data.test_x, self.data.test_y, self.batch_size, self.device)
             test[name] = {"accuracy": acc, "loss": loss}
-        return {"test": test, "validation": validation}
+        return {"test": test, "validation": validation,
+                "mixed_precision": {name: self.assignments[name] for name in self.budgets}}
 
 
 @torch.inference_mode()

@@ -17,7 +17,14 @@ from torch import nn
 from ..data import Dataset
 from ..data.augment import random_crop_flip
 from ..federation.bitwidths import FLOAT, Setting, setting_name
-from ..quant import gradient_l1_loss, kurtosis_loss, set_bitwidth
+from ..quant import (
+    LayerBits,
+    apply_bits,
+    gradient_l1_loss,
+    kurtosis_loss,
+    quant_layers,
+    set_bitwidth,
+)
 from ..quant.oscillation import FrozenWeights, OscillationCounter, dampening_loss, tracked_layers
 from .batches import memory_format_for, to_input
 
@@ -56,7 +63,7 @@ def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 @torch.no_grad()
-def float_logits(model: nn.Module, x: torch.Tensor, setting: Setting, bns: list | None = None) -> torch.Tensor:
+def float_logits(model: nn.Module, x: torch.Tensor, setting: Setting | LayerBits, bns: list | None = None) -> torch.Tensor:
     """The model's float logits on ``x`` in training mode (BatchNorm on the batch's statistics,
     as the quantized forward), leaving BatchNorm's running statistics (``bns``: the model's
     BatchNorm layers, found once by the caller) as they were; the model is switched back to
@@ -67,7 +74,7 @@ def float_logits(model: nn.Module, x: torch.Tensor, setting: Setting, bns: list 
     try:
         return model(x)
     finally:
-        set_bitwidth(model, *setting)
+        apply_bits(model, setting)
         for bn, (mean, var, count) in zip(bns, saved, strict=True):
             bn.running_mean.copy_(mean)
             bn.running_var.copy_(var)
@@ -79,17 +86,19 @@ class TrainResult:
     num_examples: int
     loss: float  # mean task loss (cross-entropy) over all local steps
     steps: int
-    bits_used: Counter  # setting name -> number of steps trained at it
+    bits_used: Counter  # setting name -> steps trained at it (per_layer sampling: unpinned layer-steps)
     oscillations: OscillationCounter | None = None  # with ``track_bits``: the counts over ``steps``
 
 
 def train_local(model: nn.Module, data: Dataset, indices: torch.Tensor, cfg: TrainConfig,
-                next_setting: Callable[[], Setting], seed: int,
+                next_setting: Callable[[], Setting | LayerBits], seed: int,
                 device: torch.device | str = "cpu", frozen: dict[str, torch.Tensor] | None = None) -> TrainResult:
     """Train ``model`` in place on ``data.train_x[indices]``.
 
     ``next_setting`` is called before every step to get the (weight, act) bits of that step
-    (return ``FLOAT`` for plain float training, a constant for fixed-bit QAT). ``seed`` fixes
+    (return ``FLOAT`` for plain float training, a constant for fixed-bit QAT), or one setting per
+    quantized layer (a :class:`~fedquant.quant.LayerBits`; ``bits_used`` then counts the draws of
+    the unpinned layers, which run them; an all-float draw is a float step). ``seed`` fixes
     the batch order. The regulariser adds ``reg_weight * R``: KURE ``R = mean_l (K_l - 1.8)^2``,
     gradient-L1 ``R = ||dCE/dW||_1``; FedProx adds ``mu/2 ||w - w_global||^2``. In-place
     distillation (``distill_weight > 0``) adds to every quantized step
@@ -114,6 +123,7 @@ def train_local(model: nn.Module, data: Dataset, indices: torch.Tensor, cfg: Tra
     counter = OscillationCounter(layers, cfg.track_bits) if cfg.track_bits and layers else None
     keep = FrozenWeights(model, frozen) if frozen else None
     steps_at: Counter = Counter()  # setting -> steps
+    unpinned = [not layer.pinned for layer in quant_layers(model)]
     current = None
     loss_sum = torch.zeros((), device=device)
     steps = 0
@@ -121,16 +131,21 @@ def train_local(model: nn.Module, data: Dataset, indices: torch.Tensor, cfg: Tra
         for batch in torch.randperm(n, generator=gen).split(cfg.batch_size):
             setting = next_setting()
             if setting != current:  # switching walks every layer: only when the setting changes
-                set_bitwidth(model, *setting)
+                apply_bits(model, setting)
                 current = setting
-            steps_at[setting] += 1
+            if isinstance(setting, LayerBits):
+                steps_at.update(s for s, free in zip(setting, unpinned, strict=True) if free)
+                quantized = any(s != FLOAT for s in setting)
+            else:
+                steps_at[setting] += 1
+                quantized = setting != FLOAT
             raw = x_all[batch]
             if cfg.augment:
                 raw = random_crop_flip(raw.to(device, non_blocking=True), augment_gen)
             xb = to_input(data, raw, device, fmt)
             yb = y_all[batch].to(device, non_blocking=True)
             # the teacher first: its BatchNorm bookkeeping must not touch what the student's backward saved
-            teacher = float_logits(model, xb, setting, bns) if cfg.distill_weight and setting != FLOAT else None
+            teacher = float_logits(model, xb, setting, bns) if cfg.distill_weight and quantized else None
             logits = model(xb)
             task = F.cross_entropy(logits, yb)
             loss = task
@@ -140,7 +155,7 @@ def train_local(model: nn.Module, data: Dataset, indices: torch.Tensor, cfg: Tra
                 loss = loss + cfg.reg_weight * kurtosis_loss(model)
             elif cfg.regularizer == "gradl1" and cfg.reg_weight:
                 loss = loss + cfg.reg_weight * gradient_l1_loss(task, model)
-            if cfg.dampen_weight and setting != FLOAT:
+            if cfg.dampen_weight and quantized:
                 damp = dampening_loss(layers)
                 if damp is not None:
                     loss = loss + cfg.dampen_weight * damp
@@ -153,7 +168,7 @@ def train_local(model: nn.Module, data: Dataset, indices: torch.Tensor, cfg: Tra
             if keep is not None:
                 keep.restore()
             if counter is not None:  # float steps are not counted
-                counter.skip() if setting == FLOAT else counter.update()
+                counter.update() if quantized else counter.skip()
             loss_sum += task.detach()
             steps += 1
     bits_used = Counter({setting_name(s): k for s, k in steps_at.items()})

@@ -54,14 +54,14 @@ class LevelledEvaluator:
                  on_setting: SettingHook | None = None) -> dict[str, dict[str, dict[str, float]]]:
         """As :meth:`Evaluator.__call__`; ``on_setting`` counts the levels' settings after the
         full model's (``w2a2@0.25``: setting ``i`` of them all)."""
-        total = len(self.full.settings) + sum(len(e.settings) for e in self.levels.values())
+        total = self.full.jobs + sum(e.jobs for e in self.levels.values())
         out = self.full(state, _counted(on_setting, Level(), 0, total))
-        done = len(self.full.settings)
+        done = self.full.jobs
         for key, evaluator in self.levels.items():
             level = level_of(key)
             own = state if level.width == 1 else extract(state, float_state(evaluator.model))
             sub = evaluator(own, _counted(on_setting, level, done, total))
-            done += len(evaluator.settings)
+            done += evaluator.jobs
             for split, results in sub.items():
                 out[split].update({level.name(name): v for name, v in results.items()})
         return out

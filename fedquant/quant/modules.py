@@ -1,8 +1,9 @@
-"""Quantized Conv2d/Linear and the model-level switches (quantize_model, set_bitwidth)."""
+"""Quantized Conv2d/Linear and the model-level switches (quantize_model, set_bitwidth,
+set_layer_bits for one setting per layer)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +102,32 @@ def set_bitwidth(model: nn.Module, weight_bits: int | None, act_bits: int | None
     for layer in layers:
         layer.set_bits(weight_bits, act_bits)
     return model
+
+
+class LayerBits(tuple):
+    """One ``(weight_bits, act_bits)`` setting per quantized layer, in definition order
+    (:func:`quant_layers`): a per-layer draw (``strategy.sampling=per_layer``) or a mixed-precision
+    assignment. A pinned layer still runs at its pinned bits (:meth:`QuantLayerMixin.effective_bits`)."""
+
+    def __new__(cls, settings: Sequence[tuple[int | None, int | None]]) -> LayerBits:
+        return super().__new__(cls, (tuple(s) for s in settings))
+
+
+def set_layer_bits(model: nn.Module, settings: Sequence[tuple[int | None, int | None]]) -> nn.Module:
+    """Switch quantized layer ``i`` of ``model`` to ``settings[i]`` (``ValueError`` unless there is
+    exactly one setting per quantized layer)."""
+    layers = list(quant_layers(model))
+    if len(settings) != len(layers):
+        raise ValueError(f"{len(settings)} per-layer settings for a model with {len(layers)} quantized layers: "
+                         "allowed is one setting per quantized layer")
+    for layer, (w, a) in zip(layers, settings, strict=True):
+        layer.set_bits(check_bits(w, "weight_bits"), check_bits(a, "act_bits"))
+    return model
+
+
+def apply_bits(model: nn.Module, setting: tuple[int | None, int | None] | LayerBits) -> nn.Module:
+    """:func:`set_layer_bits` for a :class:`LayerBits`, else :func:`set_bitwidth` for one setting."""
+    return set_layer_bits(model, setting) if isinstance(setting, LayerBits) else set_bitwidth(model, *setting)
 
 
 def get_bitwidth(model: nn.Module) -> tuple[int | None, int | None]:

@@ -16,6 +16,7 @@ from ..experiment.config import with_overrides
 from ..experiment.specs import evaluation_settings, experiment_specs, run_profiles, server_evaluator
 from ..experiment.workspace import federated_data
 from ..federation.profiles import per_profile
+from ..learning.evaluation import MIXED_PRECISION_MEASURE
 from ..runtime.checkpoint import CheckpointError, evaluated_state, list_checkpoints, load_checkpoint
 from ..streams import Stream, stream_rng
 from ..tracking.progress import Steps
@@ -69,13 +70,16 @@ def reevaluate_job(job: Path, out: Path, options: dict, only: list[str] | None =
         hook = steps.stage(f"round {payload['round']}") if steps is not None and len(payloads) > 1 else steps
         evaluation = evaluator(evaluated_state(payload), on_setting=hook)
         rounds.append({"round": payload["round"], "eval": evaluation["test"]}
-                      | ({"validation": evaluation["validation"]} if evaluation["validation"] else {}))
+                      | ({"validation": evaluation["validation"]} if evaluation["validation"] else {})
+                      | ({"mixed_precision": evaluation["mixed_precision"]} if evaluation.get("mixed_precision") else {}))
     final = {k: v["accuracy"] for k, v in rounds[-1]["eval"].items()}
     new = {"config": cfg, "protocol": evaluator.describe(), "rounds": rounds, "final": final,
            "final_validation": {k: v["accuracy"] for k, v in rounds[-1].get("validation", {}).items()},
            "per_profile": per_profile(run_profiles(cfg), final),
            "reevaluated": {"checkpoints": [str(c) for c in checkpoints], **options},
            "training_wall_time_s": results["wall_time_s"]}
+    if rounds[-1].get("mixed_precision"):  # re-solved under the new protocol: the assignment may differ
+        new["mixed_precision"] = {"measure": MIXED_PRECISION_MEASURE} | rounds[-1]["mixed_precision"]
     if draws:
         size = draw_size or max(1, len(fed.calibration) // 2)
         new["calibration_draws"] = calibration_draws(evaluator, evaluated_state(payloads[-1]), draws, size, cfg["seed"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..tracking.files import write_text_atomic
+from ..files import write_text_atomic
 from .plots import write_plots
 from .runs import ReportError, collect
 from .summary import evaluations_used, paired, summarize

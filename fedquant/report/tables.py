@@ -269,6 +269,25 @@ def to_csv(test: Table, validation: Table, pairs: Pairs, last: int,
     return buf.getvalue()
 
 
+def mixed_precision_markdown(methods: Methods) -> str:
+    """Each run's mixed-precision assignment per budget: bits per layer, bytes against the budget
+    ('' without budgets)."""
+    lines, measure = [], ""
+    for method, runs in methods.items():
+        for run in runs:
+            assignments = dict(run.get("mixed_precision") or {})
+            measure = assignments.pop("measure", measure)
+            seed = run.get("config", {}).get("seed", "?")
+            for name, a in assignments.items():
+                layers = ", ".join(f"{layer} {bits}" for layer, bits in zip(a["layers"], a["bits"], strict=True))
+                lines.append(f"| {method} | {seed} | {name} | {layers} | {a['model_bytes']:,} / {a['budget_bytes']:,} |")
+    if not lines:
+        return ""
+    return ("\n## Mixed precision (the server's assignment at the final evaluation)\n\n" + measure + ".\n\n"
+            "| method | seed | budget | bits per layer | bytes / budget |\n|---|---|---|---|---|\n"
+            + "\n".join(lines) + "\n")
+
+
 def report_markdown(methods: Methods, missing: list[Path], last: int, test: Table,
                     validation: Table, baseline: str | None, pairs: Pairs) -> str:
     """report.md: protocol and figure rule, test, validation, paired, per-profile and per-round
@@ -283,7 +302,7 @@ def report_markdown(methods: Methods, missing: list[Path], last: int, test: Tabl
                  "test is only reported\n\n" + to_markdown(validation, shown))
     if baseline is not None:
         text += paired_markdown(pairs, baseline, settings)
-    text += profiles_markdown(methods) + rounds_markdown(curves(methods), shown_settings(settings))
+    text += profiles_markdown(methods) + mixed_precision_markdown(methods) + rounds_markdown(curves(methods), shown_settings(settings))
     text += wall_time_line(methods)
     if missing:
         text += ("\nJobs without results (failed or unfinished): "

@@ -4,7 +4,7 @@ A checkpoint holds everything needed to continue exactly: the global arrays, the
 server-optimizer state (FedAdam moments, FedAvgM momentum), the round, and the metrics history.
 No RNG state is needed: every draw (clients, bit-widths, failures, batch order) is seeded by
 (seed, round, ...), so round r+1 is the same whether or not the run stopped after round r.
-Files are written atomically (:func:`fedquant.tracking.files.atomic_write`); the newest ``keep`` are kept, so a damaged
+Files are written atomically (:func:`fedquant.files.atomic_write`); the newest ``keep`` are kept, so a damaged
 newest file leaves an intact previous one.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..tracking.files import atomic_write
+from ..files import atomic_write
 
 PATTERN = re.compile(r"checkpoint_r(\d{5})\.pt")
 VERSION = 1

@@ -7,7 +7,7 @@ import io
 import json
 from pathlib import Path
 
-from .files import write_text_atomic
+from ..files import write_text_atomic
 
 
 def write_json(path: Path, obj: object) -> None:
